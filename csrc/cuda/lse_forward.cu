@@ -1,0 +1,61 @@
+// CUDA statistics kernel: one block per row, online softmax partials per thread
+// merged across the block.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+
+#include "block_reduce.cuh"
+#include "kernels.h"
+
+namespace unlearnx {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    lse_stats_kernel(const scalar_t* __restrict__ z, const int64_t* __restrict__ target, int64_t rows, int64_t V,
+                     acc_t* __restrict__ lse, acc_t* __restrict__ zt) {
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const scalar_t* row = z + r * V;
+    SoftmaxPartial<acc_t> p = softmax_empty<acc_t>();
+    for (int64_t v = threadIdx.x; v < V; v += kThreads) p = softmax_push(p, static_cast<acc_t>(row[v]));
+    p = block_merge<acc_t, kThreads>(p);
+    if (threadIdx.x == 0) {
+      const int64_t t = target[r];
+      CUDA_KERNEL_ASSERT(t >= 0 && t < V);
+      lse[r] = softmax_lse(p);
+      zt[r] = static_cast<acc_t>(row[t]);
+    }
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> lse_stats_cuda(const at::Tensor& logits, const at::Tensor& target) {
+  check_logits_target(logits, target);
+  c10::cuda::CUDAGuard guard(logits.device());
+  const auto target_c = target.contiguous();
+  const int64_t rows = logits.size(0), V = logits.size(1);
+  auto opts = logits.options().dtype(acc_dtype(logits.scalar_type()));
+  at::Tensor lse = at::empty({rows}, opts), zt = at::empty({rows}, opts);
+  if (rows == 0) return {lse, zt};
+  const int blocks = static_cast<int>(std::min<int64_t>(rows, 1 << 20));
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lse_stats_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    lse_stats_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
+        logits.const_data_ptr<scalar_t>(), target_c.const_data_ptr<int64_t>(), rows, V, lse.data_ptr<acc_t>(),
+        zt.data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {lse, zt};
+}
+
+}  // namespace unlearnx

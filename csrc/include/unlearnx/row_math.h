@@ -1,0 +1,110 @@
+// Per-row softmax math shared by the CPU and CUDA kernels: one source of truth
+// for the statistics (online max / sum-exp partials) and for the gradient of
+// log p(target) with respect to a row of logits.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#if defined(__CUDACC__)
+#define UNLX_HD __host__ __device__ __forceinline__
+#else
+#define UNLX_HD inline
+#endif
+
+namespace unlearnx {
+
+// exp() for the accumulation type. On the host the fp32 version is a
+// range-reduced polynomial (Cephes expf, about 1 ulp on [-87, 0]) written without
+// calls or branches so that compilers vectorise the row loops with it; the
+// argument of every exp in the kernels is z - max <= 0. fp64 keeps std::exp so
+// fp64 gradcheck sees the libm result. On the device, expf/exp are used.
+UNLX_HD double exp_acc(double x) { return exp(x); }
+
+UNLX_HD float exp_acc(float x) {
+#if defined(__CUDA_ARCH__)
+  return expf(x);
+#else
+  const float kMagic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float kLog2e = 1.44269504088896341f;
+  const float kLn2Hi = 0.693359375f;
+  const float kLn2Lo = -2.12194440e-4f;
+  const bool underflow = x < -87.0f;
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float t = x * kLog2e + kMagic;
+  const float n = t - kMagic;
+  const float r = (x - n * kLn2Hi) - n * kLn2Lo;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t ti, mi;
+  std::memcpy(&ti, &t, sizeof ti);
+  std::memcpy(&mi, &kMagic, sizeof mi);
+  const int32_t bits = (ti - mi + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return underflow ? 0.0f : p * scale;
+#endif
+}
+
+UNLX_HD double log_acc(double x) { return log(x); }
+UNLX_HD float log_acc(float x) { return logf(x); }
+UNLX_HD double expm1_acc(double x) { return expm1(x); }
+UNLX_HD float expm1_acc(float x) { return expm1f(x); }
+
+// Mergeable softmax partial of a slice of a row: its max and sum exp(z - max).
+// Merging is associative, so vocabulary tiles (and later vocabulary shards across
+// ranks) reduce in any tree order.
+template <typename acc_t>
+struct SoftmaxPartial {
+  acc_t max;
+  acc_t sumexp;
+};
+
+template <typename acc_t>
+UNLX_HD SoftmaxPartial<acc_t> softmax_empty() {
+  return {-std::numeric_limits<acc_t>::infinity(), acc_t(0)};
+}
+
+template <typename acc_t>
+UNLX_HD SoftmaxPartial<acc_t> softmax_merge(SoftmaxPartial<acc_t> a, SoftmaxPartial<acc_t> b) {
+  if (a.max < b.max) {
+    SoftmaxPartial<acc_t> t = a;
+    a = b;
+    b = t;
+  }
+  // a.max is the larger (or NaN); an empty side contributes exp(-inf) = 0.
+  if (b.max == -std::numeric_limits<acc_t>::infinity()) return a;
+  return {a.max, a.sumexp + b.sumexp * exp_acc(b.max - a.max)};
+}
+
+template <typename acc_t>
+UNLX_HD SoftmaxPartial<acc_t> softmax_push(SoftmaxPartial<acc_t> a, acc_t z) {
+  return softmax_merge(a, SoftmaxPartial<acc_t>{z, acc_t(1)});
+}
+
+template <typename acc_t>
+UNLX_HD acc_t softmax_lse(SoftmaxPartial<acc_t> a) {
+  return a.max + log_acc(a.sumexp);
+}
+
+// d(coef * log p_target)/dz for a non-target column: -coef * p_v.
+template <typename acc_t>
+UNLX_HD acc_t logprob_grad_other(acc_t z, acc_t lse, acc_t coef) {
+  return -coef * exp_acc(z - lse);
+}
+
+// The target column: coef * (1 - p_y), as -expm1(log p_y) so that memorised
+// targets (p_y close to 1) keep their small gradient instead of rounding to 0.
+template <typename acc_t>
+UNLX_HD acc_t logprob_grad_target(acc_t z_target, acc_t lse, acc_t coef) {
+  return -coef * expm1_acc(z_target - lse);
+}
+
+}  // namespace unlearnx

@@ -1,0 +1,61 @@
+"""Builds the `unlearnx._C` extension.
+
+CUDA kernels are built when torch has CUDA and nvcc is found; ``UNLEARNX_CUDA=1`` forces
+them (failing loudly if impossible), ``UNLEARNX_CUDA=0`` builds the CPU kernels only.
+Without a GPU to query, the CUDA architectures default to A100 and H100/H200 plus PTX
+(``TORCH_CUDA_ARCH_LIST="8.0;9.0+PTX"``); set ``TORCH_CUDA_ARCH_LIST`` to override.
+"""
+
+import glob
+import os
+
+# torch derives CUDA_HOME from the first nvcc on PATH, which may be a wrapper script
+# outside the toolkit (then libcudart is not found at link time); prefer the standard
+# toolkit location when the user has not named one.
+if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and os.path.exists(
+    "/usr/local/cuda/bin/nvcc"
+):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+from setuptools import setup  # noqa: E402
+from torch.utils import cpp_extension  # noqa: E402
+
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+
+
+def want_cuda() -> bool:
+    flag = os.environ.get("UNLEARNX_CUDA", "auto").lower()
+    if flag not in {"auto", "0", "1"}:
+        raise SystemExit(f"UNLEARNX_CUDA must be auto, 0 or 1, got {flag!r}")
+    available = cpp_extension.CUDA_HOME is not None and cpp_extension.torch.version.cuda is not None
+    if flag == "1" and not available:
+        raise SystemExit("UNLEARNX_CUDA=1 but torch has no CUDA or nvcc (CUDA_HOME) was not found")
+    return flag == "1" or (flag == "auto" and available)
+
+
+def extension():
+    root = os.path.dirname(os.path.abspath(__file__))
+    sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+    include_dirs = [os.path.join(root, "csrc"), os.path.join(root, "csrc", "include")]
+    cxx = ["-O3", "-fopenmp-simd"]
+    if not want_cuda():
+        return cpp_extension.CppExtension(
+            "unlearnx._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx}
+        )
+    archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+    defines = ["-DUNLEARNX_WITH_CUDA", f'-DUNLEARNX_CUDA_ARCHS="{archs}"']
+    return cpp_extension.CUDAExtension(
+        "unlearnx._C",
+        sources + sorted(glob.glob("csrc/cuda/*.cu")),
+        include_dirs=include_dirs,
+        extra_compile_args={
+            "cxx": cxx + defines,
+            "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo", *defines],
+        },
+    )
+
+
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)

@@ -1,0 +1,1 @@
+from unlearnx._C import build_info
