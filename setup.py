@@ -17,8 +17,8 @@ if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and os.path.
 ):
     os.environ["CUDA_HOME"] = "/usr/local/cuda"
 
-from setuptools import setup  # noqa: E402
-from torch.utils import cpp_extension  # noqa: E402
+from setuptools import setup
+from torch.utils import cpp_extension
 
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 

@@ -1,1 +1,20 @@
-from unlearnx._C import build_info
+"""unlearnx: LLM unlearning losses fused with the LM head, in CPU and CUDA kernels."""
+
+import torch
+
+from unlearnx import _ops, functional, losses, reference  # noqa: F401  (_ops registers the operators)
+from unlearnx._C import build_info as _compiled_build_info
+
+__version__ = "0.1.0"
+
+
+def build_info() -> dict:
+    """Which kernels were compiled, for which CUDA architectures, against which torch, and
+    whether a GPU is usable now, e.g. ``{"cpu": True, "cuda": True, "cuda_archs": "8.0;9.0+PTX",
+    "torch_version": "2.13.0", "cuda_available": False}``."""
+    info = dict(_compiled_build_info())
+    info["cuda_available"] = bool(info["cuda"] and torch.cuda.is_available())
+    return info
+
+
+__all__ = ["build_info", "functional", "losses", "reference"]
