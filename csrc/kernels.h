@@ -36,16 +36,17 @@ inline void check_row_vector(const at::Tensor& t, const char* name, const at::Te
   TORCH_CHECK_VALUE(t.device() == logits.device(), name, ": on ", t.device(), ", logits on ", logits.device());
 }
 
-// (lse [rows], target_logit [rows]) of each row.
+// (lse [rows], log p(target) [rows]) of each row.
 std::tuple<at::Tensor, at::Tensor> lse_stats_cpu(const at::Tensor& logits, const at::Tensor& target);
-// logits <- coef * d log softmax(logits)[target] / d logits, in place.
+// logits <- coef * d log softmax(logits)[target] / d logits, in place, from the row's
+// lse and log p(target) as returned by lse_stats.
 void logprob_grad_cpu_(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
-                       const at::Tensor& coef);
+                       const at::Tensor& logp_target, const at::Tensor& coef);
 
 #ifdef UNLEARNX_WITH_CUDA
 std::tuple<at::Tensor, at::Tensor> lse_stats_cuda(const at::Tensor& logits, const at::Tensor& target);
 void logprob_grad_cuda_(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
-                        const at::Tensor& coef);
+                        const at::Tensor& logp_target, const at::Tensor& coef);
 #endif
 
 }  // namespace unlearnx

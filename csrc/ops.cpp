@@ -9,8 +9,8 @@
 #endif
 
 TORCH_LIBRARY(unlearnx, m) {
-  m.def("lse_stats(Tensor logits, Tensor target) -> (Tensor lse, Tensor target_logit)");
-  m.def("logprob_grad_(Tensor(a!) logits, Tensor target, Tensor lse, Tensor coef) -> ()");
+  m.def("lse_stats(Tensor logits, Tensor target) -> (Tensor lse, Tensor logp_target)");
+  m.def("logprob_grad_(Tensor(a!) logits, Tensor target, Tensor lse, Tensor logp_target, Tensor coef) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(unlearnx, CPU, m) {

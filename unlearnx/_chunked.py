@@ -102,25 +102,30 @@ class Head:
         )
 
 
-# on_chunk(start, end, lse_c, target_logit_c or None) -> per-row gradient coefficient or None
-OnChunk = Callable[[int, int, Tensor, "Tensor | None"], "Tensor | None"]
+# on_chunk(start, end, lse_c, logp_c) -> per-row gradient coefficient, or None for none
+OnChunk = Callable[[int, int, Tensor, Tensor], "Tensor | None"]
 
 
 def sweep(
-    tok: Tokens, head: Head, bounds: Sequence[tuple[int, int]], on_chunk: OnChunk, lse: Tensor | None = None
+    tok: Tokens,
+    head: Head,
+    bounds: Sequence[tuple[int, int]],
+    on_chunk: OnChunk,
+    stats: tuple[Tensor, Tensor] | None = None,
 ) -> None:
-    """One pass of the LM head over ``bounds``; statistics unless ``lse`` is given, then
-    the gradient kernel and backprop for each chunk whose ``on_chunk`` returns coefficients."""
+    """One pass of the LM head over ``bounds``: the statistics kernel (unless ``stats``,
+    the ``(lse, logp)`` of an earlier pass, are given), then the gradient kernel and
+    backprop for each chunk whose ``on_chunk`` returns coefficients."""
     for start, end in bounds:
         x, t = tok.x[start:end], tok.t[start:end]
         z = head.logits(x)
-        if lse is None:
-            lse_c, zt_c = torch.ops.unlearnx.lse_stats(z, t)
+        if stats is None:
+            lse_c, logp_c = torch.ops.unlearnx.lse_stats(z, t)
         else:
-            lse_c, zt_c = lse[start:end], None
-        coef = on_chunk(start, end, lse_c, zt_c)
+            lse_c, logp_c = stats[0][start:end], stats[1][start:end]
+        coef = on_chunk(start, end, lse_c, logp_c)
         if coef is not None:
-            torch.ops.unlearnx.logprob_grad_(z, t, lse_c, coef)
+            torch.ops.unlearnx.logprob_grad_(z, t, lse_c, logp_c, coef)
             head.backprop(z, x, tok.rows[start:end])
 
 
@@ -158,10 +163,10 @@ def token_logprobs(
     lse = torch.zeros(input2d.shape[0], dtype=acc, device=input2d.device)
     logp = torch.zeros_like(lse)
 
-    def keep(start: int, end: int, lse_c: Tensor, zt_c: Tensor | None) -> None:
+    def keep(start: int, end: int, lse_c: Tensor, logp_c: Tensor) -> None:
         rows = tok.rows[start:end]
         lse.index_copy_(0, rows, lse_c)
-        logp.index_copy_(0, rows, zt_c - lse_c)
+        logp.index_copy_(0, rows, logp_c)
 
     rows = chunk_rows(weight.shape[0], input2d.dtype, input2d.device, chunk)
     sweep(tok, head, uniform_bounds(tok.rows.numel(), rows), keep)
@@ -174,6 +179,7 @@ def token_logprobs_backward(
     weight: Tensor,
     bias: Tensor | None,
     target1d: Tensor,
+    logp: Tensor,
     lse: Tensor,
     ignore_index: int,
     chunk: int | None,
@@ -183,9 +189,9 @@ def token_logprobs_backward(
     tok = compact(input2d, target1d, weight.shape[0], ignore_index, 1)
     head = Head(weight, bias, input2d.shape[0], needs)
     coef = grad.index_select(0, tok.rows).to(lse.dtype)
-    lse_v = lse.index_select(0, tok.rows)
+    stats = lse.index_select(0, tok.rows), logp.index_select(0, tok.rows)
     rows = chunk_rows(weight.shape[0], input2d.dtype, input2d.device, chunk)
-    sweep(tok, head, uniform_bounds(tok.rows.numel(), rows), lambda s, e, *_: coef[s:e], lse=lse_v)
+    sweep(tok, head, uniform_bounds(tok.rows.numel(), rows), lambda s, e, *_: coef[s:e], stats)
     return head.grads()
 
 
@@ -234,11 +240,11 @@ def sequence_loss(
     bounds = uniform_bounds(n, rows) if OBJECTIVES[objective].linear else sequence_bounds(counts.cpu(), rows)
     if bounds is not None:
 
-        def single_pass(start: int, end: int, lse_c: Tensor, zt_c: Tensor | None) -> Tensor | None:
+        def single_pass(start: int, end: int, lse_c: Tensor, logp_c: Tensor) -> Tensor | None:
             nonlocal total
             present = torch.zeros(n_seq, dtype=torch.bool, device=lse_c.device)
             present[tok.seq[start:end]] = True
-            value, grad = contribution(summed(start, end, zt_c - lse_c), present)
+            value, grad = contribution(summed(start, end, logp_c), present)
             total = total + value
             return None if grad is None else grad.index_select(0, tok.seq[start:end])
 
@@ -247,17 +253,17 @@ def sequence_loss(
 
     bounds = uniform_bounds(n, rows)
     lse = torch.empty(n, dtype=acc, device=input3d.device)
-    s_full = torch.zeros(n_seq, dtype=acc, device=input3d.device)
+    logp = torch.empty_like(lse)
 
-    def stats_only(start: int, end: int, lse_c: Tensor, zt_c: Tensor | None) -> None:
+    def stats_only(start: int, end: int, lse_c: Tensor, logp_c: Tensor) -> None:
         lse[start:end] = lse_c
-        s_full.index_add_(0, tok.seq[start:end], zt_c - lse_c)
+        logp[start:end] = logp_c
 
     sweep(tok, head, bounds, stats_only)
-    total, grad = contribution(s_full, counts > 0)
+    total, grad = contribution(summed(0, n, logp), counts > 0)
     if grad is not None:
         coef = grad.index_select(0, tok.seq)
-        sweep(tok, head, bounds, lambda s, e, *_: coef[s:e], lse=lse)
+        sweep(tok, head, bounds, lambda s, e, *_: coef[s:e], (lse, logp))
     return total, *_shaped(head.grads(), input3d)
 
 

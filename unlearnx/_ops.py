@@ -2,8 +2,8 @@
 
 C++ row kernels (``csrc/ops.cpp``):
 
-- ``unlearnx::lse_stats(logits [C, V], target [C]) -> (lse [C], target_logit [C])``
-- ``unlearnx::logprob_grad_(logits [C, V]!, target, lse, coef)``: in place,
+- ``unlearnx::lse_stats(logits [C, V], target [C]) -> (lse [C], logp_target [C])``
+- ``unlearnx::logprob_grad_(logits [C, V]!, target, lse, logp_target, coef)``: in place,
   ``logits <- coef * (onehot(target) - softmax(logits))``.
 
 Chunked operators (the driver in ``_chunked``; opaque to ``torch.compile``):
@@ -46,7 +46,9 @@ def _lse_stats_fake(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @torch.library.register_fake("unlearnx::logprob_grad_")
-def _logprob_grad_fake(logits: Tensor, target: Tensor, lse: Tensor, coef: Tensor) -> None:
+def _logprob_grad_fake(
+    logits: Tensor, target: Tensor, lse: Tensor, logp_target: Tensor, coef: Tensor
+) -> None:
     return None
 
 
@@ -75,33 +77,36 @@ def token_logprobs_backward(
     weight: Tensor,
     bias: Tensor | None,
     target: Tensor,
+    logp: Tensor,
     lse: Tensor,
     ignore_index: int,
     chunk_size: int | None,
     needs: list[bool],
 ) -> tuple[Tensor, Tensor, Tensor]:
     grads = _chunked.token_logprobs_backward(
-        grad, input, weight, bias, target, lse, ignore_index, chunk_size, needs
+        grad, input, weight, bias, target, logp, lse, ignore_index, chunk_size, needs
     )
     return tuple(_or_empty(g, input) for g in grads)
 
 
 @token_logprobs_backward.register_fake
-def _token_logprobs_backward_fake(grad, input, weight, bias, target, lse, ignore_index, chunk_size, needs):
+def _token_logprobs_backward_fake(
+    grad, input, weight, bias, target, logp, lse, ignore_index, chunk_size, needs
+):
     return _fake_grads(input, weight, bias, needs)
 
 
 def _token_logprobs_setup(ctx, inputs, output) -> None:
     input, weight, bias, target, ignore_index, chunk_size = inputs
-    ctx.save_for_backward(input, weight, bias, target, output[1])
+    ctx.save_for_backward(input, weight, bias, target, *output)
     ctx.ignore_index, ctx.chunk_size = ignore_index, chunk_size
 
 
 def _token_logprobs_grad(ctx, grad_logp: Tensor, grad_lse: Tensor):
-    input, weight, bias, target, lse = ctx.saved_tensors
+    input, weight, bias, target, logp, lse = ctx.saved_tensors
     needs = [bool(n) for n in ctx.needs_input_grad[:3]]
     grads = token_logprobs_backward(
-        grad_logp, input, weight, bias, target, lse, ctx.ignore_index, ctx.chunk_size, needs
+        grad_logp, input, weight, bias, target, logp, lse, ctx.ignore_index, ctx.chunk_size, needs
     )
     return (*(g if n else None for g, n in zip(grads, needs, strict=True)), None, None, None)
 

@@ -11,18 +11,17 @@ namespace unlearnx {
 namespace {
 
 template <typename scalar_t, typename acc_t>
-void logprob_grad_rows(scalar_t* z, const int64_t* target, const acc_t* lse, const acc_t* coef, int64_t rows,
-                       int64_t V) {
+void logprob_grad_rows(scalar_t* z, const int64_t* target, const acc_t* lse, const acc_t* logp, const acc_t* coef,
+                       int64_t rows, int64_t V) {
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       scalar_t* row = z + r * V;
       const acc_t l = lse[r], c = coef[r];
       const int64_t t = target[r];
-      const acc_t z_target = static_cast<acc_t>(row[t]);
 #pragma omp simd
       for (int64_t v = 0; v < V; ++v)
         row[v] = static_cast<scalar_t>(logprob_grad_other(static_cast<acc_t>(row[v]), l, c));
-      row[t] = static_cast<scalar_t>(logprob_grad_target(z_target, l, c));
+      row[t] = static_cast<scalar_t>(logprob_grad_target(logp[r], c));
     }
   });
 }
@@ -30,12 +29,14 @@ void logprob_grad_rows(scalar_t* z, const int64_t* target, const acc_t* lse, con
 }  // namespace
 
 void logprob_grad_cpu_(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
-                       const at::Tensor& coef) {
+                       const at::Tensor& logp_target, const at::Tensor& coef) {
   check_logits_target(logits, target);
   check_row_vector(lse, "lse", logits);
+  check_row_vector(logp_target, "logp_target", logits);
   check_row_vector(coef, "coef", logits);
   const auto target_c = target.contiguous();
   const auto lse_c = lse.contiguous();
+  const auto logp_c = logp_target.contiguous();
   const auto coef_c = coef.contiguous();
   const int64_t rows = logits.size(0), V = logits.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "logprob_grad_cpu_", [&] {
@@ -44,7 +45,7 @@ void logprob_grad_cpu_(const at::Tensor& logits, const at::Tensor& target, const
     for (int64_t r = 0; r < rows; ++r)
       TORCH_CHECK_INDEX(t[r] >= 0 && t[r] < V, "target: value ", t[r], " at row ", r, " is outside [0, ", V, ")");
     logprob_grad_rows<scalar_t, acc_t>(logits.data_ptr<scalar_t>(), t, lse_c.const_data_ptr<acc_t>(),
-                                       coef_c.const_data_ptr<acc_t>(), rows, V);
+                                       logp_c.const_data_ptr<acc_t>(), coef_c.const_data_ptr<acc_t>(), rows, V);
   });
 }
 

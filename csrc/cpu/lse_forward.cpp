@@ -1,4 +1,4 @@
-// CPU statistics kernel: per row, log-sum-exp and the target logit.
+// CPU statistics kernel: per row, log-sum-exp and log p(target).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -14,20 +14,26 @@ namespace unlearnx {
 namespace {
 
 template <typename scalar_t, typename acc_t>
-void lse_rows(const scalar_t* z, const int64_t* target, int64_t rows, int64_t V, acc_t* lse, acc_t* zt) {
+void lse_rows(const scalar_t* z, const int64_t* target, int64_t rows, int64_t V, acc_t* lse, acc_t* logp) {
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* row = z + r * V;
-      // Two sweeps over a cache-resident row (max, then sum-exp) vectorise, unlike
-      // the branchy online update; NaN skips the max but poisons the sum.
+      const int64_t t = target[r];
+      // Two sweeps over a cache-resident row (max, then sum-exp of the non-target
+      // columns) vectorise, unlike the branchy online update; NaN skips the max but
+      // poisons the sum or the target logit.
       acc_t m = -std::numeric_limits<acc_t>::infinity();
 #pragma omp simd reduction(max : m)
       for (int64_t v = 0; v < V; ++v) m = std::max(m, static_cast<acc_t>(row[v]));
       acc_t s = 0;
 #pragma omp simd reduction(+ : s)
-      for (int64_t v = 0; v < V; ++v) s += exp_acc(static_cast<acc_t>(row[v]) - m);
-      lse[r] = softmax_lse(SoftmaxPartial<acc_t>{m, s});
-      zt[r] = static_cast<acc_t>(row[target[r]]);
+      for (int64_t v = 0; v < V; ++v) {
+        const acc_t e = exp_acc(static_cast<acc_t>(row[v]) - m);
+        s += v == t ? acc_t(0) : e;
+      }
+      const RowStats<acc_t> st = finish_row(SoftmaxPartial<acc_t>{m, s}, static_cast<acc_t>(row[t]));
+      lse[r] = st.lse;
+      logp[r] = st.logp_target;
     }
   });
 }
@@ -39,16 +45,16 @@ std::tuple<at::Tensor, at::Tensor> lse_stats_cpu(const at::Tensor& logits, const
   const auto target_c = target.contiguous();
   const int64_t rows = logits.size(0), V = logits.size(1);
   auto opts = logits.options().dtype(acc_dtype(logits.scalar_type()));
-  at::Tensor lse = at::empty({rows}, opts), zt = at::empty({rows}, opts);
+  at::Tensor lse = at::empty({rows}, opts), logp = at::empty({rows}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lse_stats_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t* t = target_c.data_ptr<int64_t>();
     for (int64_t r = 0; r < rows; ++r)
       TORCH_CHECK_INDEX(t[r] >= 0 && t[r] < V, "target: value ", t[r], " at row ", r, " is outside [0, ", V, ")");
     lse_rows<scalar_t, acc_t>(logits.const_data_ptr<scalar_t>(), t, rows, V, lse.data_ptr<acc_t>(),
-                              zt.data_ptr<acc_t>());
+                              logp.data_ptr<acc_t>());
   });
-  return {lse, zt};
+  return {lse, logp};
 }
 
 }  // namespace unlearnx

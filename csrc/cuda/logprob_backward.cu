@@ -20,15 +20,15 @@ constexpr int kThreads = 256;
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     logprob_grad_kernel(scalar_t* __restrict__ z, const int64_t* __restrict__ target, const acc_t* __restrict__ lse,
-                        const acc_t* __restrict__ coef, int64_t rows, int64_t V) {
+                        const acc_t* __restrict__ logp, const acc_t* __restrict__ coef, int64_t rows, int64_t V) {
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     scalar_t* row = z + r * V;
-    const acc_t l = lse[r], c = coef[r];
+    const acc_t l = lse[r], lp = logp[r], c = coef[r];
     const int64_t t = target[r];
     for (int64_t v = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; v < V;
          v += static_cast<int64_t>(gridDim.x) * kThreads) {
       const acc_t zv = static_cast<acc_t>(row[v]);
-      row[v] = static_cast<scalar_t>(v == t ? logprob_grad_target(zv, l, c) : logprob_grad_other(zv, l, c));
+      row[v] = static_cast<scalar_t>(v == t ? logprob_grad_target(lp, c) : logprob_grad_other(zv, l, c));
     }
   }
 }
@@ -36,15 +36,17 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 void logprob_grad_cuda_(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
-                        const at::Tensor& coef) {
+                        const at::Tensor& logp_target, const at::Tensor& coef) {
   check_logits_target(logits, target);
   check_row_vector(lse, "lse", logits);
+  check_row_vector(logp_target, "logp_target", logits);
   check_row_vector(coef, "coef", logits);
   c10::cuda::CUDAGuard guard(logits.device());
   const int64_t rows = logits.size(0), V = logits.size(1);
   if (rows == 0) return;
   const auto target_c = target.contiguous();
   const auto lse_c = lse.contiguous();
+  const auto logp_c = logp_target.contiguous();
   const auto coef_c = coef.contiguous();
   const dim3 grid(static_cast<unsigned>(std::min<int64_t>((V + kThreads - 1) / kThreads, 64)),
                   static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
@@ -53,7 +55,7 @@ void logprob_grad_cuda_(const at::Tensor& logits, const at::Tensor& target, cons
     using acc_t = at::opmath_type<scalar_t>;
     logprob_grad_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
         logits.data_ptr<scalar_t>(), target_c.const_data_ptr<int64_t>(), lse_c.const_data_ptr<acc_t>(),
-        coef_c.const_data_ptr<acc_t>(), rows, V);
+        logp_c.const_data_ptr<acc_t>(), coef_c.const_data_ptr<acc_t>(), rows, V);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

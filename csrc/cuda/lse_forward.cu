@@ -1,5 +1,5 @@
-// CUDA statistics kernel: one block per row, online softmax partials per thread
-// merged across the block.
+// CUDA statistics kernel: one block per row, online softmax partials of the
+// non-target columns per thread, merged across the block.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
@@ -21,17 +21,19 @@ constexpr int kThreads = 256;
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     lse_stats_kernel(const scalar_t* __restrict__ z, const int64_t* __restrict__ target, int64_t rows, int64_t V,
-                     acc_t* __restrict__ lse, acc_t* __restrict__ zt) {
+                     acc_t* __restrict__ lse, acc_t* __restrict__ logp) {
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const scalar_t* row = z + r * V;
+    const int64_t t = target[r];
+    CUDA_KERNEL_ASSERT(t >= 0 && t < V);
     SoftmaxPartial<acc_t> p = softmax_empty<acc_t>();
-    for (int64_t v = threadIdx.x; v < V; v += kThreads) p = softmax_push(p, static_cast<acc_t>(row[v]));
+    for (int64_t v = threadIdx.x; v < V; v += kThreads)
+      if (v != t) p = softmax_push(p, static_cast<acc_t>(row[v]));
     p = block_merge<acc_t, kThreads>(p);
     if (threadIdx.x == 0) {
-      const int64_t t = target[r];
-      CUDA_KERNEL_ASSERT(t >= 0 && t < V);
-      lse[r] = softmax_lse(p);
-      zt[r] = static_cast<acc_t>(row[t]);
+      const RowStats<acc_t> st = finish_row(p, static_cast<acc_t>(row[t]));
+      lse[r] = st.lse;
+      logp[r] = st.logp_target;
     }
   }
 }
@@ -44,18 +46,18 @@ std::tuple<at::Tensor, at::Tensor> lse_stats_cuda(const at::Tensor& logits, cons
   const auto target_c = target.contiguous();
   const int64_t rows = logits.size(0), V = logits.size(1);
   auto opts = logits.options().dtype(acc_dtype(logits.scalar_type()));
-  at::Tensor lse = at::empty({rows}, opts), zt = at::empty({rows}, opts);
-  if (rows == 0) return {lse, zt};
+  at::Tensor lse = at::empty({rows}, opts), logp = at::empty({rows}, opts);
+  if (rows == 0) return {lse, logp};
   const int blocks = static_cast<int>(std::min<int64_t>(rows, 1 << 20));
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lse_stats_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     lse_stats_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
         logits.const_data_ptr<scalar_t>(), target_c.const_data_ptr<int64_t>(), rows, V, lse.data_ptr<acc_t>(),
-        zt.data_ptr<acc_t>());
+        logp.data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {lse, zt};
+  return {lse, logp};
 }
 
 }  // namespace unlearnx

@@ -55,6 +55,8 @@ UNLX_HD float exp_acc(float x) {
 
 UNLX_HD double log_acc(double x) { return log(x); }
 UNLX_HD float log_acc(float x) { return logf(x); }
+UNLX_HD double log1p_acc(double x) { return log1p(x); }
+UNLX_HD float log1p_acc(float x) { return log1pf(x); }
 UNLX_HD double expm1_acc(double x) { return expm1(x); }
 UNLX_HD float expm1_acc(float x) { return expm1f(x); }
 
@@ -90,8 +92,28 @@ UNLX_HD SoftmaxPartial<acc_t> softmax_push(SoftmaxPartial<acc_t> a, acc_t z) {
 }
 
 template <typename acc_t>
-UNLX_HD acc_t softmax_lse(SoftmaxPartial<acc_t> a) {
-  return a.max + log_acc(a.sumexp);
+struct RowStats {
+  acc_t lse;
+  acc_t logp_target;
+};
+
+// Row statistics from the partial of the non-target columns and the target logit.
+// Keeping the target out of the sum is what makes log p_y accurate when p_y is
+// close to 1 (memorised forget data): log p_y = -log1p(sum_{v!=y} exp(z_v - z_y))
+// has no cancellation, whereas z_y - lse rounds to 0 once 1 - p_y < ulp(lse).
+template <typename acc_t>
+UNLX_HD RowStats<acc_t> finish_row(SoftmaxPartial<acc_t> others, acc_t z_target) {
+  const SoftmaxPartial<acc_t> all = softmax_merge(others, SoftmaxPartial<acc_t>{z_target, acc_t(0)});
+  const acc_t m = all.max;
+  const acc_t s_other = all.sumexp;  // the non-target sum, rescaled to m
+  const acc_t d = z_target - m;      // <= 0
+  const acc_t e_target = exp_acc(d);
+  RowStats<acc_t> out;
+  out.lse = m + log_acc(e_target + s_other);
+  // exp(-d) overflows for a target far below the max; there p_y is tiny and the
+  // direct form is exact enough.
+  out.logp_target = d > acc_t(-20) ? -log1p_acc(s_other * exp_acc(-d)) : d - log_acc(e_target + s_other);
+  return out;
 }
 
 // d(coef * log p_target)/dz for a non-target column: -coef * p_v.
@@ -100,11 +122,11 @@ UNLX_HD acc_t logprob_grad_other(acc_t z, acc_t lse, acc_t coef) {
   return -coef * exp_acc(z - lse);
 }
 
-// The target column: coef * (1 - p_y), as -expm1(log p_y) so that memorised
-// targets (p_y close to 1) keep their small gradient instead of rounding to 0.
+// The target column: coef * (1 - p_y) = -coef * expm1(log p_y), from the accurate
+// log p_y of finish_row.
 template <typename acc_t>
-UNLX_HD acc_t logprob_grad_target(acc_t z_target, acc_t lse, acc_t coef) {
-  return -coef * expm1_acc(z_target - lse);
+UNLX_HD acc_t logprob_grad_target(acc_t logp_target, acc_t coef) {
+  return -coef * expm1_acc(logp_target);
 }
 
 }  // namespace unlearnx

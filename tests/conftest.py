@@ -1,0 +1,60 @@
+"""Shared problem builders for the loss tests."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(
+    not CUDA, reason="no CUDA GPU on this machine (CUDA tests run on a GPU host)"
+)
+
+IGNORE = -100
+EPS = {torch.float32: 2**-23, torch.bfloat16: 2**-8, torch.float16: 2**-11, torch.float64: 2**-52}
+
+
+@dataclass
+class Problem:
+    x: torch.Tensor  # (B, T, D)
+    w: torch.Tensor  # (V, D)
+    b: torch.Tensor | None  # (V,)
+    t: torch.Tensor  # (B, T)
+    ref_logps: torch.Tensor  # (B,) fp32
+
+    def leaves(self, dtype: torch.dtype) -> list[torch.Tensor]:
+        """Fresh leaf tensors in ``dtype`` (values rounded to it) that require grad."""
+        out = [self.x, self.w] + ([] if self.b is None else [self.b])
+        return [p.detach().to(dtype).requires_grad_() for p in out]
+
+
+def make_problem(
+    B: int = 3,
+    T: int = 9,
+    D: int = 16,
+    V: int = 97,
+    *,
+    bias: bool = True,
+    ignore_frac: float = 0.25,
+    peaked: bool = False,
+    seed: int = 0,
+    device: str = "cpu",
+) -> Problem:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, D, generator=g, dtype=torch.float64)
+    w = torch.randn(V, D, generator=g, dtype=torch.float64) * (2.0 / math.sqrt(D))
+    b = torch.randn(V, generator=g, dtype=torch.float64) * 0.5 if bias else None
+    t = torch.randint(0, V, (B, T), generator=g)
+    if peaked:
+        # hidden state aligned with the target's row: p(target) close to 1 (memorised data)
+        x = 12.0 * w[t] / w[t].norm(dim=-1, keepdim=True) ** 2 * 2.0
+    t[torch.rand(B, T, generator=g) < ignore_frac] = IGNORE
+    valid = (t != IGNORE).sum(-1)
+    ref = -valid.double() * math.log(V) + torch.randn(B, generator=g, dtype=torch.float64) * 3.0
+    dev = torch.device(device)
+    return Problem(
+        x.to(dev), w.to(dev), None if b is None else b.to(dev), t.to(dev), ref.to(dev, torch.float32)
+    )
