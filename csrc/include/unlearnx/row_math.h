@@ -110,9 +110,10 @@ UNLX_HD RowStats<acc_t> finish_row(SoftmaxPartial<acc_t> others, acc_t z_target)
   const acc_t e_target = exp_acc(d);
   RowStats<acc_t> out;
   out.lse = m + log_acc(e_target + s_other);
-  // exp(-d) overflows for a target far below the max; there p_y is tiny and the
-  // direct form is exact enough.
-  out.logp_target = d > acc_t(-20) ? -log1p_acc(s_other * exp_acc(-d)) : d - log_acc(e_target + s_other);
+  // The log1p form only where p_y > 1/2 (r < 1): elsewhere the direct form is the
+  // more accurate one, and exp(-d) could overflow for a target far below the max.
+  const acc_t r = d > acc_t(-1) ? s_other * exp_acc(-d) : acc_t(2);
+  out.logp_target = r < acc_t(1) ? -log1p_acc(r) : d - log_acc(e_target + s_other);
   return out;
 }
 

@@ -1,0 +1,358 @@
+"""Every fused loss against unlearnx.reference: values and gradients, dtypes, edge cases."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import CUDA, EPS, IGNORE, Problem, make_problem, requires_cuda
+from unlearnx import functional as F
+from unlearnx import losses
+from unlearnx import reference as R
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    fused: Callable
+    ref: Callable
+    uses_ref_logps: bool = False
+    kwargs: tuple = ()
+
+    def call(self, fn: Callable, p: Problem, x, w, b, **kw):
+        args = (p.ref_logps.to(x.device),) if self.uses_ref_logps else ()
+        return fn(x, w, p.t, *args, bias=b, **dict(self.kwargs), **kw)
+
+
+CASES = [
+    Case("token_logprobs", F.token_logprobs, R.token_logprobs),
+    Case("nll", F.nll_loss, R.nll_loss),
+    Case("npo", F.npo_loss, R.npo_loss, uses_ref_logps=True, kwargs=(("beta", 0.5),)),
+    # beta 0.5 keeps the sigmoid unsaturated at these sizes (at 2.5 the loss is ~1e-9 and
+    # any ulp of S is amplified ~20x, which says nothing about either implementation)
+    Case("simnpo", F.simnpo_loss, R.simnpo_loss, kwargs=(("beta", 0.5), ("gamma", 0.3))),
+]
+IDS = [c.name for c in CASES]
+REDUCING = [c for c in CASES if c.name != "token_logprobs"]
+
+
+def _sum_logps(fn: Callable) -> Callable:
+    def wrapped(x, w, t, *, bias=None, **kw):
+        sums, _ = fn(x, w, t, bias=bias, **kw)
+        return sums
+
+    return wrapped
+
+
+CASES.append(Case("sequence_logprobs", _sum_logps(F.sequence_logprobs), _sum_logps(R.sequence_logprobs)))
+IDS.append("sequence_logprobs")
+
+
+def _loss_and_grads(case: Case, fn: Callable, p: Problem, params: list[torch.Tensor], **kw):
+    x, w, *b = params
+    out = case.call(fn, p, x, w, b[0] if b else None, **kw)
+    # a fixed, uneven upstream gradient exercises per-token / per-sequence backward
+    upstream = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype, device=out.device).view(out.shape)
+    grads = torch.autograd.grad((out * upstream).sum(), params)
+    return [out.detach(), *grads]
+
+
+def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+# --------------------------------------------------------------------------- fp64 exactness
+
+
+FP64_CASES = [(c, r) for c in CASES for r in (("mean", "sum", "none") if c in REDUCING else (None,))]
+
+
+@pytest.mark.parametrize("case,reduction", FP64_CASES, ids=[f"{c.name}-{r}" for c, r in FP64_CASES])
+@pytest.mark.parametrize("chunk_size", [None, 1, 4, 11])
+def test_fp64_matches_reference(case: Case, reduction: str | None, chunk_size: int | None) -> None:
+    """chunk 1 and 4 are shorter than the sequences (two-pass), 11 and None hold them (single pass)."""
+    p = make_problem(B=4, T=9, D=8, V=37)
+    kw = {} if reduction is None else {"reduction": reduction}
+    fused = _loss_and_grads(case, case.fused, p, p.leaves(torch.float64), chunk_size=chunk_size, **kw)
+    ref = _loss_and_grads(case, case.ref, p, p.leaves(torch.float64), **kw)
+    for name, a, b in zip(("value", "d_input", "d_weight", "d_bias"), fused, ref, strict=True):
+        assert a.shape == b.shape, name
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"{case.name} {name}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("chunk_size", [2, None])
+def test_gradcheck(case: Case, chunk_size: int | None) -> None:
+    p = make_problem(B=2, T=4, D=3, V=7, ignore_frac=0.2, seed=1)
+    x, w, b = p.leaves(torch.float64)
+
+    def fn(x, w, b):
+        return case.call(case.fused, p, x, w, b, chunk_size=chunk_size)
+
+    assert torch.autograd.gradcheck(fn, (x, w, b), eps=1e-6, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- low precision
+
+
+ERR_SLACK = {torch.float32: 8, torch.bfloat16: 8, torch.float16: 8}
+
+
+@pytest.mark.parametrize("case", [*REDUCING, CASES[0]], ids=[*(c.name for c in REDUCING), "token_logprobs"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "shape", [dict(B=2, T=33, D=64, V=1031), dict(B=1, T=1, D=32, V=513)], ids=["odd_V", "N1"]
+)
+@pytest.mark.parametrize("peaked", [False, True], ids=["spread", "peaked"])
+def test_low_precision_error_no_worse_than_reference(case, dtype, shape, peaked) -> None:
+    """Error against an fp64 truth on the same rounded inputs: fused <= reference + margin,
+    margin = the reference's own error + 8 units of the dtype's epsilon times the quantity's
+    scale. Both paths are within an ulp or two of the truth; which one lands closer on a
+    given element is luck (the fused path rounds dW per chunk and uses its own exp)."""
+    p = make_problem(**shape, peaked=peaked, ignore_frac=0.0 if shape["T"] == 1 else 0.25, seed=3)
+    params = p.leaves(dtype)
+    truth = _loss_and_grads(case, case.ref, p, [t.detach().double().requires_grad_() for t in params])
+    fused = _loss_and_grads(case, case.fused, p, p.leaves(dtype), chunk_size=16)
+    ref = _loss_and_grads(case, case.ref, p, p.leaves(dtype))
+    for name, f, r, t in zip(("value", "d_input", "d_weight", "d_bias"), fused, ref, truth, strict=True):
+        assert torch.isfinite(f).all(), name
+        scale = t.abs().max().item()
+        err_f, err_r = _max_err(f, t), _max_err(r, t)
+        margin = err_r + ERR_SLACK[dtype] * EPS[dtype] * scale + 1e-30
+        assert err_f <= err_r + margin, f"{case.name} {name}: fused {err_f:.3g} reference {err_r:.3g}"
+
+
+def test_peaked_rows_keep_gradient_in_fp32() -> None:
+    """p(target) ~ 1 - 1e-9: the reference's 1 - exp(logp) loses it, the fused path keeps it."""
+    V, D = 64, 8
+    w = torch.zeros(V, D)
+    w[:, 0] = torch.linspace(-1, 1, V)
+    w[5, 0] = 0.0
+    w[5, 1] = 1.0
+    x = torch.zeros(1, 1, D)
+    x[0, 0, 1] = 25.0  # z_5 = 25, every other logit 0
+    t = torch.tensor([[5]])
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    (gt,) = torch.autograd.grad(R.nll_loss(x64, w64, t), x64)
+    x32 = x.clone().requires_grad_()
+    (gf,) = torch.autograd.grad(F.nll_loss(x32, w, t), x32)
+    assert gt[0, 0, 1].abs().item() > 1e-10
+    torch.testing.assert_close(gf.double(), gt, rtol=1e-4, atol=0)
+
+
+# --------------------------------------------------------------------------- edge cases
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("chunk_size", [1, None])
+def test_all_ignored_gives_zero_loss_and_zero_grads(case: Case, chunk_size: int | None) -> None:
+    p = make_problem(B=2, T=5, D=4, V=11)
+    p.t[:] = IGNORE
+    params = p.leaves(torch.float32)
+    out = case.call(case.fused, p, *params, chunk_size=chunk_size)
+    assert torch.equal(out, torch.zeros_like(out))
+    grads = torch.autograd.grad(out.sum(), params)
+    for g in grads:
+        assert torch.equal(g, torch.zeros_like(g))
+
+
+@pytest.mark.parametrize("case", REDUCING, ids=[c.name for c in REDUCING])
+def test_non_contiguous_inputs(case: Case) -> None:
+    p = make_problem(B=3, T=6, D=8, V=29)
+    x = p.x.transpose(0, 1).contiguous().transpose(0, 1).float().requires_grad_()  # (B, T, D), strided
+    w = p.w.t().contiguous().t().float().requires_grad_()
+    assert not x.is_contiguous() and not w.is_contiguous()
+    a = case.call(case.fused, p, x, w, None, chunk_size=4)
+    e = case.call(case.ref, p, x, w, None)
+    torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
+    ga = torch.autograd.grad(a, (x, w))
+    ge = torch.autograd.grad(e, (x, w))
+    for u, v in zip(ga, ge, strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-6)
+
+
+def test_frozen_weight_and_no_grad_paths() -> None:
+    p = make_problem()
+    x = p.x.float().requires_grad_()
+    w = p.w.float()  # frozen head: no dW work, no dW returned
+    loss = F.npo_loss(x, w, p.t, p.ref_logps)
+    (gx,) = torch.autograd.grad(loss, x)
+    (gx_ref,) = torch.autograd.grad(R.npo_loss(x, w, p.t, p.ref_logps), x)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        value = F.npo_loss(x, w, p.t, p.ref_logps)
+    assert not value.requires_grad
+    torch.testing.assert_close(value, loss.detach())
+
+
+def test_closed_forms() -> None:
+    p = make_problem(B=3, T=6, D=8, V=29, bias=False)
+    x, w = p.x.float(), p.w.float()
+    sums, counts = F.sequence_logprobs(x, w, p.t)
+    # NPO at the reference equals (2/beta) log 2 for every non-empty sequence
+    for beta in (0.1, 1.0):
+        npo = F.npo_loss(x, w, p.t, sums, beta=beta, reduction="none")
+        torch.testing.assert_close(npo, torch.full_like(npo, 2 / beta * math.log(2)))
+    # SimNPO: delta is the code's margin, gamma = beta * delta the paper's
+    a = F.simnpo_loss(x, w, p.t, beta=2.0, delta=0.25, reduction="none")
+    b = F.simnpo_loss(x, w, p.t, beta=2.0, gamma=0.5, reduction="none")
+    torch.testing.assert_close(a, b)
+    expected = -(2 / 2.0) * torch.nn.functional.logsigmoid(-(2.0 / counts) * sums - 0.5)
+    torch.testing.assert_close(b, expected)
+    # NLL mean is the HF token mean
+    hf = torch.nn.functional.cross_entropy((x @ w.t()).reshape(-1, 29), p.t.reshape(-1), ignore_index=IGNORE)
+    torch.testing.assert_close(F.nll_loss(x, w, p.t), hf)
+
+
+def test_modules_match_functional() -> None:
+    p = make_problem()
+    x, w, b = (t.float() for t in (p.x, p.w, p.b))
+    torch.testing.assert_close(losses.NLLLoss()(x, w, p.t, bias=b), F.nll_loss(x, w, p.t, bias=b))
+    torch.testing.assert_close(
+        losses.NPOLoss(beta=0.2)(x, w, p.t, p.ref_logps), F.npo_loss(x, w, p.t, p.ref_logps, beta=0.2)
+    )
+    m = losses.SimNPOLoss(delta=0.1, reduction="sum")
+    torch.testing.assert_close(m(x, w, p.t), F.simnpo_loss(x, w, p.t, delta=0.1, reduction="sum"))
+    assert "delta=0.1" in repr(m)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _bad_calls():
+    p = make_problem(B=2, T=4, D=8, V=13)
+    x, w, t = p.x.float(), p.w.float(), p.t
+    r = p.ref_logps
+    yield "input", TypeError, lambda: F.nll_loss(x.long(), w, t)
+    yield "weight", TypeError, lambda: F.nll_loss(x, w.double(), t)
+    yield "weight", ValueError, lambda: F.nll_loss(x, w[:, :5], t)
+    yield "target", TypeError, lambda: F.nll_loss(x, w, t.int())
+    yield "target", ValueError, lambda: F.nll_loss(x, w, t[:, :3])
+    yield "target", ValueError, lambda: F.nll_loss(x, w, torch.full_like(t, 13))
+    yield "target", ValueError, lambda: F.token_logprobs(x, w, torch.full_like(t, -1))
+    yield "bias", ValueError, lambda: F.nll_loss(x, w, t, bias=torch.zeros(12))
+    yield "input", ValueError, lambda: F.nll_loss(x[:0], w, t[:0])
+    yield "reduction", ValueError, lambda: F.nll_loss(x, w, t, reduction="avg")
+    yield "chunk_size", ValueError, lambda: F.nll_loss(x, w, t, chunk_size=0)
+    yield "ref_logps", ValueError, lambda: F.npo_loss(x, w, t, r[:1])
+    yield "ref_logps", TypeError, lambda: F.npo_loss(x, w, t, r.long())
+    yield "beta", ValueError, lambda: F.npo_loss(x, w, t, r, beta=0.0)
+    yield "gamma, delta", ValueError, lambda: F.simnpo_loss(x, w, t, gamma=0.1, delta=0.1)
+
+
+@pytest.mark.parametrize("arg,exc,call", list(_bad_calls()), ids=lambda v: v if isinstance(v, str) else "")
+def test_bad_input_names_the_argument(arg: str, exc: type, call: Callable) -> None:
+    with pytest.raises(exc, match=arg):
+        call()
+
+
+def test_non_finite_hidden_states_propagate() -> None:
+    p = make_problem(B=1, T=3, D=4, V=7, ignore_frac=0.0)
+    x = p.x.float().clone()
+    x[0, 1, 2] = float("nan")
+    assert torch.isnan(F.nll_loss(x, p.w.float(), p.t))
+    assert torch.isnan(R.nll_loss(x, p.w.float(), p.t))
+
+
+# --------------------------------------------------------------------------- operators
+
+
+def test_opcheck_chunked_ops() -> None:
+    p = make_problem(B=2, T=5, D=8, V=19)
+    x, w, b = p.leaves(torch.float32)
+    x2, t1 = x.detach().reshape(-1, 8).requires_grad_(), p.t.reshape(-1)
+    torch.library.opcheck(torch.ops.unlearnx.token_logprobs.default, (x2, w, b, t1, IGNORE, 3))
+    torch.library.opcheck(torch.ops.unlearnx.token_logprobs.default, (x2, w, None, t1, IGNORE, None))
+    logp, lse = torch.ops.unlearnx.token_logprobs(x2.detach(), w.detach(), b.detach(), t1, IGNORE, 3)
+    torch.library.opcheck(
+        torch.ops.unlearnx.token_logprobs_backward.default,
+        (
+            torch.ones_like(logp),
+            x2.detach(),
+            w.detach(),
+            b.detach(),
+            t1,
+            logp,
+            lse,
+            IGNORE,
+            3,
+            [True, True, False],
+        ),
+    )
+    for objective, params, hp in (
+        ("nll", None, []),
+        ("npo", p.ref_logps, [0.1]),
+        ("simnpo", None, [2.5, 0.0]),
+    ):
+        for chunk in (2, None):
+            args = (x, w, b, p.t, params, objective, hp, IGNORE, "mean", chunk, [True, True, True])
+            torch.library.opcheck(torch.ops.unlearnx.sequence_loss.default, args)
+
+
+def test_torch_compile_fullgraph() -> None:
+    """No graph breaks: the fused losses are opaque custom ops with fake impls and autograd."""
+    p = make_problem(B=2, T=6, D=8, V=23)
+    x, w, b = p.leaves(torch.float32)
+
+    def step(x, w, b):
+        h = torch.tanh(x) * 2  # something for the compiler to fuse around the op
+        loss = F.npo_loss(h, w, p.t, p.ref_logps, bias=b) + F.nll_loss(h, w, p.t, bias=b, chunk_size=4)
+        return (
+            loss
+            + F.token_logprobs(h, w, p.t, bias=b).mean()
+            + F.simnpo_loss(h, w, p.t, reduction="none").sum()
+        )
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    got = compiled(x, w, b)
+    torch.testing.assert_close(got, step(*p.leaves(torch.float32)))
+    g_got = torch.autograd.grad(got, (x, w, b))
+    xs, ws, bs = p.leaves(torch.float32)
+    g_want = torch.autograd.grad(step(xs, ws, bs), (xs, ws, bs))
+    for u, v in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(u, v)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    B=st.integers(1, 3),
+    T=st.integers(1, 7),
+    D=st.integers(1, 9),
+    V=st.integers(1, 70),
+    chunk=st.one_of(st.none(), st.integers(1, 12)),
+    ignore_frac=st.sampled_from([0.0, 0.3, 1.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_property_npo_and_nll_match_reference(B, T, D, V, chunk, ignore_frac, seed) -> None:
+    p = make_problem(B=B, T=T, D=D, V=V, ignore_frac=ignore_frac, seed=seed)
+    for case in (CASES[1], CASES[2]):
+        fused = _loss_and_grads(case, case.fused, p, p.leaves(torch.float64), chunk_size=chunk)
+        ref = _loss_and_grads(case, case.ref, p, p.leaves(torch.float64))
+        for a, e in zip(fused, ref, strict=True):
+            torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-11)
+
+
+# --------------------------------------------------------------------------- devices
+
+
+@requires_cuda
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk_size", [7, None])
+def test_cuda_matches_reference(case: Case, dtype: torch.dtype, chunk_size: int | None) -> None:
+    assert CUDA
+    p = make_problem(B=4, T=40, D=64, V=32003, device="cuda", seed=5)
+    params = p.leaves(dtype)
+    truth = _loss_and_grads(case, case.ref, p, [t.detach().double().requires_grad_() for t in params])
+    fused = _loss_and_grads(case, case.fused, p, p.leaves(dtype), chunk_size=chunk_size)
+    ref = _loss_and_grads(case, case.ref, p, p.leaves(dtype))
+    for name, f, r, t in zip(("value", "d_input", "d_weight", "d_bias"), fused, ref, truth, strict=True):
+        err_r = _max_err(r, t)
+        margin = err_r + ERR_SLACK[dtype] * EPS[dtype] * t.abs().max().item() + 1e-30
+        assert _max_err(f, t) <= err_r + margin, f"{case.name} {name}"
