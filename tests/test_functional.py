@@ -356,3 +356,36 @@ def test_cuda_matches_reference(case: Case, dtype: torch.dtype, chunk_size: int 
         err_r = _max_err(r, t)
         margin = err_r + ERR_SLACK[dtype] * EPS[dtype] * t.abs().max().item() + 1e-30
         assert _max_err(f, t) <= err_r + margin, f"{case.name} {name}"
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+@pytest.mark.parametrize(
+    "budget_rows,chunk_size,expected_sweeps",
+    [(3, None, 1), (2, None, 2), (100, None, 1), (3, 4, 2), (3, 9, 1)],
+    ids=["stretch-to-sequence", "too-long-two-pass", "fits", "explicit-short", "explicit-fits"],
+)
+def test_schedule_choice(monkeypatch, budget_rows, chunk_size, expected_sweeps) -> None:
+    """Sequences of up to 9 valid tokens: an automatic chunk stretches up to 4x its budget
+    to hold one (single pass, one sweep); otherwise statistics then recompute (two sweeps)."""
+    from unlearnx import _chunked
+
+    p = make_problem(B=3, T=9, D=8, V=31, ignore_frac=0.0)
+    monkeypatch.setattr(_chunked, "CPU_CHUNK_BYTES", budget_rows * 31 * 4)
+    sweeps = []
+    real_sweep = _chunked.sweep
+    monkeypatch.setattr(_chunked, "sweep", lambda *a, **k: (sweeps.append(1), real_sweep(*a, **k))[1])
+    x, w, b = p.leaves(torch.float32)
+    loss = F.npo_loss(x, w, p.t, p.ref_logps, bias=b, chunk_size=chunk_size)
+    torch.testing.assert_close(loss, R.npo_loss(x, w, p.t, p.ref_logps, bias=b))
+    assert len(sweeps) == expected_sweeps
+
+
+def test_sequence_bounds_pack_whole_sequences() -> None:
+    from unlearnx._chunked import sequence_bounds
+
+    assert sequence_bounds(torch.tensor([3, 0, 4, 2, 5]), 7) == [(0, 7), (7, 14)]
+    assert sequence_bounds(torch.tensor([3, 3, 3]), 6) == [(0, 6), (6, 9)]
+    assert sequence_bounds(torch.tensor([8]), 7) is None
+    assert sequence_bounds(torch.tensor([0, 0]), 7) == []

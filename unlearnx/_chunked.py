@@ -22,6 +22,9 @@ from unlearnx._objectives import OBJECTIVES, per_sequence_grad, per_sequence_los
 
 CPU_CHUNK_BYTES = 64 << 20
 CUDA_CHUNK_BYTES = 1 << 30
+# The single pass saves a quarter of the FLOPs (6 instead of 8 N·D·V), so an automatic
+# chunk grows up to this factor past its budget to hold the longest sequence.
+SINGLE_PASS_STRETCH = 4
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -237,7 +240,14 @@ def sequence_loss(
     def summed(start: int, end: int, logp: Tensor) -> Tensor:
         return torch.zeros(n_seq, dtype=acc, device=logp.device).index_add_(0, tok.seq[start:end], logp)
 
-    bounds = uniform_bounds(n, rows) if OBJECTIVES[objective].linear else sequence_bounds(counts.cpu(), rows)
+    if OBJECTIVES[objective].linear:
+        bounds = uniform_bounds(n, rows)
+    else:
+        host_counts = counts.cpu()
+        longest = int(host_counts.max()) if n_seq else 0
+        if chunk is None and rows < longest <= SINGLE_PASS_STRETCH * rows:
+            rows = longest
+        bounds = sequence_bounds(host_counts, rows)
     if bounds is not None:
 
         def single_pass(start: int, end: int, lse_c: Tensor, logp_c: Tensor) -> Tensor | None:

@@ -8,8 +8,9 @@ Common arguments (all losses):
 - ``target``: ``(..., T)`` int64 token ids in ``[0, V)`` or ``ignore_index``.
 - ``bias``: optional ``(V,)``.
 - ``chunk_size``: rows of logits computed at once; ``None`` sizes chunks from a memory
-  budget (64 MiB of logits on CPU, 1 GiB on CUDA). Results are deterministic for a
-  given chunk size.
+  budget (64 MiB of logits on CPU, 1 GiB on CUDA), grown up to 4x for sequence losses
+  so that the longest sequence fits one chunk (single pass, 6·N·D·V FLOPs instead of
+  8). Results are deterministic for a given chunk size.
 
 The ``[tokens, V]`` logits are never materialised: peak extra memory is one chunk of
 logits plus the gradients. Losses and statistics are fp32 (fp64 for fp64 input).

@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 
 #include "kernels.h"
+#include "simd.h"
 #include "unlearnx/row_math.h"
 
 namespace unlearnx {
@@ -11,19 +12,17 @@ namespace unlearnx {
 namespace {
 
 template <typename scalar_t, typename acc_t>
-void logprob_grad_rows(scalar_t* z, const int64_t* target, const acc_t* lse, const acc_t* logp, const acc_t* coef,
-                       int64_t rows, int64_t V) {
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      scalar_t* row = z + r * V;
-      const acc_t l = lse[r], c = coef[r];
-      const int64_t t = target[r];
+UNLX_CPU_CLONES void logprob_grad_rows(scalar_t* z, const int64_t* target, const acc_t* lse, const acc_t* logp,
+                                       const acc_t* coef, int64_t begin, int64_t end, int64_t V) {
+  for (int64_t r = begin; r < end; ++r) {
+    scalar_t* row = z + r * V;
+    const acc_t l = lse[r], c = coef[r];
+    const int64_t t = target[r];
 #pragma omp simd
-      for (int64_t v = 0; v < V; ++v)
-        row[v] = static_cast<scalar_t>(logprob_grad_other(static_cast<acc_t>(row[v]), l, c));
-      row[t] = static_cast<scalar_t>(logprob_grad_target(logp[r], c));
-    }
-  });
+    for (int64_t v = 0; v < V; ++v)
+      row[v] = static_cast<scalar_t>(logprob_grad_other(static_cast<acc_t>(row[v]), l, c));
+    row[t] = static_cast<scalar_t>(logprob_grad_target(logp[r], c));
+  }
 }
 
 }  // namespace
@@ -44,8 +43,13 @@ void logprob_grad_cpu_(const at::Tensor& logits, const at::Tensor& target, const
     const int64_t* t = target_c.data_ptr<int64_t>();
     for (int64_t r = 0; r < rows; ++r)
       TORCH_CHECK_INDEX(t[r] >= 0 && t[r] < V, "target: value ", t[r], " at row ", r, " is outside [0, ", V, ")");
-    logprob_grad_rows<scalar_t, acc_t>(logits.data_ptr<scalar_t>(), t, lse_c.const_data_ptr<acc_t>(),
-                                       logp_c.const_data_ptr<acc_t>(), coef_c.const_data_ptr<acc_t>(), rows, V);
+    scalar_t* z = logits.data_ptr<scalar_t>();
+    const acc_t* lse_p = lse_c.const_data_ptr<acc_t>();
+    const acc_t* logp_p = logp_c.const_data_ptr<acc_t>();
+    const acc_t* coef_p = coef_c.const_data_ptr<acc_t>();
+    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+      logprob_grad_rows<scalar_t, acc_t>(z, t, lse_p, logp_p, coef_p, begin, end, V);
+    });
   });
 }
 

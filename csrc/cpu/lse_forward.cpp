@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "kernels.h"
+#include "simd.h"
 #include "unlearnx/row_math.h"
 
 namespace unlearnx {
@@ -14,28 +15,27 @@ namespace unlearnx {
 namespace {
 
 template <typename scalar_t, typename acc_t>
-void lse_rows(const scalar_t* z, const int64_t* target, int64_t rows, int64_t V, acc_t* lse, acc_t* logp) {
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const scalar_t* row = z + r * V;
-      const int64_t t = target[r];
-      // Two sweeps over a cache-resident row (max, then sum-exp of the non-target
-      // columns) vectorise, unlike the branchy online update; NaN skips the max but
-      // poisons the sum or the target logit.
-      acc_t m = -std::numeric_limits<acc_t>::infinity();
+UNLX_CPU_CLONES void lse_rows(const scalar_t* z, const int64_t* target, int64_t begin, int64_t end, int64_t V,
+                              acc_t* lse, acc_t* logp) {
+  for (int64_t r = begin; r < end; ++r) {
+    const scalar_t* row = z + r * V;
+    const int64_t t = target[r];
+    // Two sweeps over a cache-resident row (max, then sum-exp of the non-target
+    // columns) vectorise, unlike the branchy online update; NaN skips the max but
+    // poisons the sum or the target logit.
+    acc_t m = -std::numeric_limits<acc_t>::infinity();
 #pragma omp simd reduction(max : m)
-      for (int64_t v = 0; v < V; ++v) m = std::max(m, static_cast<acc_t>(row[v]));
-      acc_t s = 0;
+    for (int64_t v = 0; v < V; ++v) m = std::max(m, static_cast<acc_t>(row[v]));
+    acc_t s = 0;
 #pragma omp simd reduction(+ : s)
-      for (int64_t v = 0; v < V; ++v) {
-        const acc_t e = exp_acc(static_cast<acc_t>(row[v]) - m);
-        s += v == t ? acc_t(0) : e;
-      }
-      const RowStats<acc_t> st = finish_row(SoftmaxPartial<acc_t>{m, s}, static_cast<acc_t>(row[t]));
-      lse[r] = st.lse;
-      logp[r] = st.logp_target;
+    for (int64_t v = 0; v < V; ++v) {
+      const acc_t e = exp_acc(static_cast<acc_t>(row[v]) - m);
+      s += v == t ? acc_t(0) : e;
     }
-  });
+    const RowStats<acc_t> st = finish_row(SoftmaxPartial<acc_t>{m, s}, static_cast<acc_t>(row[t]));
+    lse[r] = st.lse;
+    logp[r] = st.logp_target;
+  }
 }
 
 }  // namespace
@@ -51,8 +51,12 @@ std::tuple<at::Tensor, at::Tensor> lse_stats_cpu(const at::Tensor& logits, const
     const int64_t* t = target_c.data_ptr<int64_t>();
     for (int64_t r = 0; r < rows; ++r)
       TORCH_CHECK_INDEX(t[r] >= 0 && t[r] < V, "target: value ", t[r], " at row ", r, " is outside [0, ", V, ")");
-    lse_rows<scalar_t, acc_t>(logits.const_data_ptr<scalar_t>(), t, rows, V, lse.data_ptr<acc_t>(),
-                              logp.data_ptr<acc_t>());
+    const scalar_t* z = logits.const_data_ptr<scalar_t>();
+    acc_t* lse_p = lse.data_ptr<acc_t>();
+    acc_t* logp_p = logp.data_ptr<acc_t>();
+    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+      lse_rows<scalar_t, acc_t>(z, t, begin, end, V, lse_p, logp_p);
+    });
   });
   return {lse, logp};
 }

@@ -1,0 +1,1 @@
+"""unlearnx benchmarks: fused losses against the materialising reference."""
