@@ -1,22 +1,13 @@
-"""Inputs, timing and memory measurement shared by the benchmark runner and suites.
+"""Benchmark inputs and the losses under test.
 
 Inputs are the final hidden states of a randomly initialised Llama-architecture model
 (one decoder layer, the given hidden size and vocabulary) and its LM-head weight, so
 activations have the scale and structure of a real model's, never all-zero tensors.
-
-Peak extra memory is measured from a baseline taken after inputs exist:
-- CUDA: ``torch.cuda.max_memory_allocated`` after a reset;
-- CPU: the process's resident high-water mark (``VmHWM``, reset through
-  ``/proc/self/clear_refs``), with glibc told to serve every allocation of 64 KiB or
-  more by mmap so that freed tensors leave the resident set at once.
+Measurement: :mod:`unlearnx.profiling`.
 """
 
 from __future__ import annotations
 
-import ctypes
-import gc
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,57 +15,9 @@ import torch
 
 from unlearnx import functional as F
 from unlearnx import reference as R
+from unlearnx.profiling import median_ms, peak_extra_mb
 
-_M_MMAP_THRESHOLD = -3
-_MMAP_SET = False
-
-
-def _force_mmap() -> None:
-    global _MMAP_SET
-    if not _MMAP_SET:
-        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
-        _MMAP_SET = True
-
-
-def _proc_status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def peak_extra_mb(fn: Callable[[], object], device: torch.device) -> float:
-    """Peak memory above the current level while running ``fn``, in MiB."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    _force_mmap()
-    base = _proc_status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    fn()
-    return (_proc_status_kb("VmHWM") - base) / 1024
-
-
-def median_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+__all__ = ["FLOP_FACTOR", "LOSSES", "Inputs", "median_ms", "model_inputs", "peak_extra_mb", "step"]
 
 
 @dataclass

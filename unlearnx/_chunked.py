@@ -238,7 +238,9 @@ def sequence_loss(
         return value, torch.where(present, grad, zero) * scale
 
     def summed(start: int, end: int, logp: Tensor) -> Tensor:
-        return torch.zeros(n_seq, dtype=acc, device=logp.device).index_add_(0, tok.seq[start:end], logp)
+        # fp64: a sequential index_add of hundreds of fp32 log-probs drifts by ulps of S
+        sums = torch.zeros(n_seq, dtype=torch.float64, device=logp.device)
+        return sums.index_add_(0, tok.seq[start:end], logp.double()).to(acc)
 
     if OBJECTIVES[objective].linear:
         bounds = uniform_bounds(n, rows)

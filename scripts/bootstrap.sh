@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Creates .venv with a CUDA build of torch (it runs on CPU too, and lets nvcc compile
+# and link the CUDA kernels on a machine without a GPU), the project's dependencies,
+# and builds the extension in place. Idempotent: a finished bootstrap is skipped
+# unless its inputs (this script, setup.py, pyproject.toml, csrc/) changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_SPEC="${UNLEARNX_TORCH:-torch==2.13.0}"
+PY="${PYTHON:-python3}"
+VENV=.venv
+STAMP="$VENV/.unlearnx-built"
+
+digest() { cat scripts/bootstrap.sh setup.py pyproject.toml $(find csrc -type f | sort) | sha256sum | cut -d' ' -f1; }
+
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(digest)" ]]; then
+  exit 0
+fi
+
+[[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
+# A machine-wide pip config may point at local wheel folders holding a CPU-only torch;
+# the package index proper has the CUDA build that matches nvcc.
+pip_index() { env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null "$VENV/bin/python" -m pip "$@"; }
+pip_index install -q --upgrade pip
+pip_index install -q "$TORCH_SPEC" numpy tqdm "transformers>=4.45" \
+  "pytest>=8" "hypothesis>=6" "pytest-benchmark>=4" "ruff>=0.6" ninja "setuptools>=68" wheel
+
+if [[ -z "${CUDA_HOME:-}" && -x /usr/local/cuda/bin/nvcc ]]; then export CUDA_HOME=/usr/local/cuda; fi
+echo "building unlearnx._C (CUDA kernels when torch has CUDA and nvcc is found)..."
+rm -f unlearnx/_C*.so
+MAX_JOBS="${MAX_JOBS:-2}" "$VENV/bin/python" setup.py -q build_ext --inplace
+pip_index install -q --no-build-isolation --no-deps -e .
+"$VENV/bin/python" -c "import unlearnx, json; print('unlearnx.build_info():', json.dumps(unlearnx.build_info()))"
+digest > "$STAMP"

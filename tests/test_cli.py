@@ -1,0 +1,76 @@
+"""The `unlearnx` command: demo end to end on a small model, info, argument errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+import unlearnx
+from unlearnx.cli import main
+
+
+def test_demo_runs_and_fused_tracks_reference(capsys) -> None:
+    argv = [
+        "demo",
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--seq-len",
+        "32",
+        "--hidden",
+        "64",
+        "--vocab",
+        "1000",
+        "--json",
+    ]
+    assert main(argv) == 0
+    results = json.loads(capsys.readouterr().out)
+    fused, ref = results["fused"], results["reference"]
+    assert len(fused["losses"]) == len(ref["losses"]) == 3
+    # NPO starts at (2/beta) log 2 (policy == reference) and unlearning lowers it
+    assert fused["losses"][0] == pytest.approx(20 * 0.6931471805599453, rel=1e-6)
+    assert fused["losses"][-1] < fused["losses"][0]
+    assert fused["losses"] == pytest.approx(ref["losses"], rel=1e-4)
+    assert fused["ms_per_step"] > 0 and ref["peak_extra_mb"] > 0
+
+
+def test_demo_table_output(capsys) -> None:
+    assert (
+        main(["demo", "--steps", "2", "--batch", "1", "--seq-len", "16", "--hidden", "64", "--vocab", "500"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "loss fused" in out and "peak extra MiB" in out and "fused / reference" in out
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["demo", "--steps", "0"], "--steps"),
+        (["demo", "--beta", "-1"], "--beta"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_are_rejected(argv, needle, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_info_reports_the_build(capsys) -> None:
+    assert main(["info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["cpu"] is True and info == unlearnx.build_info()
+
+
+@pytest.mark.skipif(
+    os.environ.get("UNLEARNX_CUDA") != "1", reason="only when the build was asked for CUDA (CI)"
+)
+def test_cuda_kernels_were_built_when_required() -> None:
+    info = unlearnx.build_info()
+    assert info["cuda"] is True
+    assert "9.0" in info["cuda_archs"] and "8.0" in info["cuda_archs"]
