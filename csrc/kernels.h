@@ -3,6 +3,7 @@
 // fp32 otherwise. Targets are already compacted (no ignore_index here).
 #pragma once
 
+#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
@@ -10,6 +11,11 @@
 #include <tuple>
 
 namespace unlearnx {
+
+// Runs the lambda with scalar_t (and, inside, acc_t = at::opmath_type<scalar_t>) for every
+// logits dtype: fp64, fp32, bf16, fp16.
+#define UNLEARNX_DISPATCH_LOGITS(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
 
 inline c10::ScalarType acc_dtype(c10::ScalarType t) {
   return t == c10::kDouble ? c10::kDouble : c10::kFloat;
@@ -36,17 +42,50 @@ inline void check_row_vector(const at::Tensor& t, const char* name, const at::Te
   TORCH_CHECK_VALUE(t.device() == logits.device(), name, ": on ", t.device(), ", logits on ", logits.device());
 }
 
-// (lse [rows], log p(target) [rows]) of each row.
-std::tuple<at::Tensor, at::Tensor> lse_stats_cpu(const at::Tensor& logits, const at::Tensor& target);
-// logits <- coef * d log softmax(logits)[target] / d logits, in place, from the row's
-// lse and log p(target) as returned by lse_stats.
-void logprob_grad_cpu_(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
-                       const at::Tensor& logp_target, const at::Tensor& coef);
+inline void check_pair(const at::Tensor& ref_logits, const at::Tensor& logits) {
+  TORCH_CHECK_VALUE(ref_logits.sizes() == logits.sizes(), "ref_logits: shape ", ref_logits.sizes(),
+                    " differs from logits ", logits.sizes());
+  TORCH_CHECK_TYPE(ref_logits.scalar_type() == logits.scalar_type(), "ref_logits: dtype ", ref_logits.scalar_type(),
+                   " differs from logits ", logits.scalar_type());
+  TORCH_CHECK_VALUE(ref_logits.is_contiguous(), "ref_logits: must be contiguous");
+  TORCH_CHECK_VALUE(ref_logits.device() == logits.device(), "ref_logits: on ", ref_logits.device(), ", logits on ",
+                    logits.device());
+}
 
+inline void check_top_idx(const at::Tensor& top_idx, const at::Tensor& logits) {
+  TORCH_CHECK_TYPE(top_idx.scalar_type() == c10::kLong, "top_idx: expected int64, got ", top_idx.scalar_type());
+  TORCH_CHECK_VALUE(top_idx.dim() == 2 && top_idx.size(0) == logits.size(0) && top_idx.size(1) >= 1 &&
+                        top_idx.size(1) <= logits.size(1) && top_idx.is_contiguous(),
+                    "top_idx: expected a contiguous [", logits.size(0), ", k] tensor with 1 <= k <= V, got ",
+                    top_idx.sizes());
+  TORCH_CHECK_VALUE(top_idx.device() == logits.device(), "top_idx: on ", top_idx.device(), ", logits on ",
+                    logits.device());
+}
+
+// Every row kernel, for each device: DEVICE is cpu or cuda.
+#define UNLEARNX_ROW_KERNELS(DEVICE)                                                                             \
+  std::tuple<at::Tensor, at::Tensor> lse_stats_##DEVICE(const at::Tensor& logits, const at::Tensor& target);    \
+  void logprob_grad_##DEVICE##_(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,      \
+                                const at::Tensor& logp_target, const at::Tensor& coef);                         \
+  std::tuple<at::Tensor, at::Tensor> max_stats_##DEVICE(const at::Tensor& logits);                              \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ref_stats_##DEVICE(                    \
+      const at::Tensor& logits, const at::Tensor& ref_logits, const at::Tensor& target);                        \
+  void ref_grad_##DEVICE##_(const at::Tensor& logits, const at::Tensor& ref_logits, const at::Tensor& target,   \
+                            const at::Tensor& lse, const at::Tensor& ref_lse, const at::Tensor& logp,           \
+                            const at::Tensor& ref_logp, const at::Tensor& a, const at::Tensor& c);              \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dipo_stats_##DEVICE(                               \
+      const at::Tensor& logits, const at::Tensor& ref_logits, const at::Tensor& top_idx, double shift);         \
+  void dipo_grad_##DEVICE##_(const at::Tensor& logits, const at::Tensor& ref_logits, const at::Tensor& top_idx, \
+                             const at::Tensor& ref_max, const at::Tensor& s_plus, const at::Tensor& s_minus,    \
+                             double shift, const at::Tensor& coef);
+
+// lse_stats: (lse, log p(target)) per row. logprob_grad_: logits <- coef * d log p(target)/dz.
+// max_stats: (max, first argmax) per row. ref_stats: (lse, ref_lse, log p(target),
+// log p_ref(target), KL(softmax(ref) || softmax(logits))). ref_grad_: logits <- d/dz of
+// a * log p(target) + c * KL. dipo_stats: (ref_max, s+, s-, Delta) per row for the top-k set
+// top_idx of ref_logits. dipo_grad_: logits <- coef * (q+ - q-).
+UNLEARNX_ROW_KERNELS(cpu)
 #ifdef UNLEARNX_WITH_CUDA
-std::tuple<at::Tensor, at::Tensor> lse_stats_cuda(const at::Tensor& logits, const at::Tensor& target);
-void logprob_grad_cuda_(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
-                        const at::Tensor& logp_target, const at::Tensor& coef);
+UNLEARNX_ROW_KERNELS(cuda)
 #endif
-
 }  // namespace unlearnx

@@ -11,18 +11,34 @@
 TORCH_LIBRARY(unlearnx, m) {
   m.def("lse_stats(Tensor logits, Tensor target) -> (Tensor lse, Tensor logp_target)");
   m.def("logprob_grad_(Tensor(a!) logits, Tensor target, Tensor lse, Tensor logp_target, Tensor coef) -> ()");
+  m.def("max_stats(Tensor logits) -> (Tensor max, Tensor argmax)");
+  m.def(
+      "ref_stats(Tensor logits, Tensor ref_logits, Tensor target) -> "
+      "(Tensor lse, Tensor ref_lse, Tensor logp, Tensor ref_logp, Tensor kl)");
+  m.def(
+      "ref_grad_(Tensor(a!) logits, Tensor ref_logits, Tensor target, Tensor lse, Tensor ref_lse, Tensor logp, "
+      "Tensor ref_logp, Tensor a, Tensor c) -> ()");
+  m.def(
+      "dipo_stats(Tensor logits, Tensor ref_logits, Tensor top_idx, float shift) -> "
+      "(Tensor ref_max, Tensor s_plus, Tensor s_minus, Tensor delta)");
+  m.def(
+      "dipo_grad_(Tensor(a!) logits, Tensor ref_logits, Tensor top_idx, Tensor ref_max, Tensor s_plus, "
+      "Tensor s_minus, float shift, Tensor coef) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(unlearnx, CPU, m) {
-  m.impl("lse_stats", &unlearnx::lse_stats_cpu);
-  m.impl("logprob_grad_", &unlearnx::logprob_grad_cpu_);
-}
+#define UNLEARNX_REGISTER(DEVICE)                                  \
+  m.impl("lse_stats", &unlearnx::lse_stats_##DEVICE);              \
+  m.impl("logprob_grad_", &unlearnx::logprob_grad_##DEVICE##_);    \
+  m.impl("max_stats", &unlearnx::max_stats_##DEVICE);              \
+  m.impl("ref_stats", &unlearnx::ref_stats_##DEVICE);              \
+  m.impl("ref_grad_", &unlearnx::ref_grad_##DEVICE##_);            \
+  m.impl("dipo_stats", &unlearnx::dipo_stats_##DEVICE);            \
+  m.impl("dipo_grad_", &unlearnx::dipo_grad_##DEVICE##_);
+
+TORCH_LIBRARY_IMPL(unlearnx, CPU, m) { UNLEARNX_REGISTER(cpu) }
 
 #ifdef UNLEARNX_WITH_CUDA
-TORCH_LIBRARY_IMPL(unlearnx, CUDA, m) {
-  m.impl("lse_stats", &unlearnx::lse_stats_cuda);
-  m.impl("logprob_grad_", &unlearnx::logprob_grad_cuda_);
-}
+TORCH_LIBRARY_IMPL(unlearnx, CUDA, m) { UNLEARNX_REGISTER(cuda) }
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -1,9 +1,5 @@
 // CPU gradient kernel: rewrites a chunk of logits into coef * d log p(target) / dz.
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-
-#include "kernels.h"
+#include "common.h"
 #include "simd.h"
 #include "unlearnx/row_math.h"
 
@@ -34,21 +30,18 @@ void logprob_grad_cpu_(const at::Tensor& logits, const at::Tensor& target, const
   check_row_vector(logp_target, "logp_target", logits);
   check_row_vector(coef, "coef", logits);
   const auto target_c = target.contiguous();
-  const auto lse_c = lse.contiguous();
-  const auto logp_c = logp_target.contiguous();
-  const auto coef_c = coef.contiguous();
+  const auto lse_c = lse.contiguous(), logp_c = logp_target.contiguous(), coef_c = coef.contiguous();
   const int64_t rows = logits.size(0), V = logits.size(1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "logprob_grad_cpu_", [&] {
+  UNLEARNX_DISPATCH_LOGITS(logits.scalar_type(), "logprob_grad_cpu_", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t* t = target_c.data_ptr<int64_t>();
-    for (int64_t r = 0; r < rows; ++r)
-      TORCH_CHECK_INDEX(t[r] >= 0 && t[r] < V, "target: value ", t[r], " at row ", r, " is outside [0, ", V, ")");
+    const int64_t* t = target_c.const_data_ptr<int64_t>();
+    check_targets_in_range(t, rows, V);
     scalar_t* z = logits.data_ptr<scalar_t>();
     const acc_t* lse_p = lse_c.const_data_ptr<acc_t>();
     const acc_t* logp_p = logp_c.const_data_ptr<acc_t>();
     const acc_t* coef_p = coef_c.const_data_ptr<acc_t>();
-    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-      logprob_grad_rows<scalar_t, acc_t>(z, t, lse_p, logp_p, coef_p, begin, end, V);
+    for_rows(rows, [&](int64_t b, int64_t e) {
+      logprob_grad_rows<scalar_t, acc_t>(z, t, lse_p, logp_p, coef_p, b, e, V);
     });
   });
 }

@@ -1,12 +1,10 @@
 // CPU statistics kernel: per row, log-sum-exp and log p(target).
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
+#include <limits>
 
-#include "kernels.h"
+#include "common.h"
 #include "simd.h"
 #include "unlearnx/row_math.h"
 
@@ -44,19 +42,15 @@ std::tuple<at::Tensor, at::Tensor> lse_stats_cpu(const at::Tensor& logits, const
   check_logits_target(logits, target);
   const auto target_c = target.contiguous();
   const int64_t rows = logits.size(0), V = logits.size(1);
-  auto opts = logits.options().dtype(acc_dtype(logits.scalar_type()));
-  at::Tensor lse = at::empty({rows}, opts), logp = at::empty({rows}, opts);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lse_stats_cpu", [&] {
+  at::Tensor lse = acc_empty(logits), logp = acc_empty(logits);
+  UNLEARNX_DISPATCH_LOGITS(logits.scalar_type(), "lse_stats_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t* t = target_c.data_ptr<int64_t>();
-    for (int64_t r = 0; r < rows; ++r)
-      TORCH_CHECK_INDEX(t[r] >= 0 && t[r] < V, "target: value ", t[r], " at row ", r, " is outside [0, ", V, ")");
+    const int64_t* t = target_c.const_data_ptr<int64_t>();
+    check_targets_in_range(t, rows, V);
     const scalar_t* z = logits.const_data_ptr<scalar_t>();
     acc_t* lse_p = lse.data_ptr<acc_t>();
     acc_t* logp_p = logp.data_ptr<acc_t>();
-    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-      lse_rows<scalar_t, acc_t>(z, t, begin, end, V, lse_p, logp_p);
-    });
+    for_rows(rows, [&](int64_t b, int64_t e) { lse_rows<scalar_t, acc_t>(z, t, b, e, V, lse_p, logp_p); });
   });
   return {lse, logp};
 }

@@ -1,6 +1,8 @@
-// Block-wide merge of softmax partials (warp shuffles, then one warp over the
-// per-warp results). Every thread gets the block's partial.
+// Block-wide reductions: softmax partials, sums and maxima (warp shuffles, then one warp
+// over the per-warp results). Every thread gets the block's result.
 #pragma once
+
+#include <limits>
 
 #include "unlearnx/row_math.h"
 
@@ -34,6 +36,44 @@ __device__ __forceinline__ SoftmaxPartial<acc_t> block_merge(SoftmaxPartial<acc_
   p = warp_merge(p);
   __syncthreads();  // the shared slots are reused by the next row
   return p;
+}
+
+}  // namespace unlearnx
+
+namespace unlearnx {
+
+// Block-wide sums (or maxima) of N values per thread; every thread gets the results.
+template <typename T, int kThreads, int N, bool kMax>
+__device__ __forceinline__ void block_reduce(T (&v)[N]) {
+  constexpr int kWarps = kThreads / 32;
+  __shared__ T slots[N][kWarps];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  auto combine = [](T a, T b) { return kMax ? (a < b ? b : a) : a + b; };
+  const T identity = kMax ? -std::numeric_limits<T>::infinity() : T(0);
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v[i] = combine(v[i], __shfl_xor_sync(0xffffffffu, v[i], offset));
+    if (lane == 0) slots[i][warp] = v[i];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    v[i] = lane < kWarps ? slots[i][lane] : identity;
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v[i] = combine(v[i], __shfl_xor_sync(0xffffffffu, v[i], offset));
+  }
+  __syncthreads();  // the slots are reused by the next row
+}
+
+template <typename T, int kThreads, int N>
+__device__ __forceinline__ void block_sum(T (&v)[N]) {
+  block_reduce<T, kThreads, N, false>(v);
+}
+
+template <typename T, int kThreads, int N>
+__device__ __forceinline__ void block_max(T (&v)[N]) {
+  block_reduce<T, kThreads, N, true>(v);
 }
 
 }  // namespace unlearnx

@@ -1,32 +1,22 @@
 // CUDA gradient kernel: rewrites a chunk of logits into coef * d log p(target) / dz.
 // Each thread owns its elements, so the in-place rewrite has no races.
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
-#include <algorithm>
-
-#include "kernels.h"
+#include "common.cuh"
 #include "unlearnx/row_math.h"
 
 namespace unlearnx {
 
 namespace {
 
-constexpr int kThreads = 256;
-
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kRowThreads)
     logprob_grad_kernel(scalar_t* __restrict__ z, const int64_t* __restrict__ target, const acc_t* __restrict__ lse,
                         const acc_t* __restrict__ logp, const acc_t* __restrict__ coef, int64_t rows, int64_t V) {
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     scalar_t* row = z + r * V;
     const acc_t l = lse[r], lp = logp[r], c = coef[r];
     const int64_t t = target[r];
-    for (int64_t v = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; v < V;
-         v += static_cast<int64_t>(gridDim.x) * kThreads) {
+    for (int64_t v = blockIdx.x * static_cast<int64_t>(kRowThreads) + threadIdx.x; v < V;
+         v += static_cast<int64_t>(gridDim.x) * kRowThreads) {
       const acc_t zv = static_cast<acc_t>(row[v]);
       row[v] = static_cast<scalar_t>(v == t ? logprob_grad_target(lp, c) : logprob_grad_other(zv, l, c));
     }
@@ -48,12 +38,10 @@ void logprob_grad_cuda_(const at::Tensor& logits, const at::Tensor& target, cons
   const auto lse_c = lse.contiguous();
   const auto logp_c = logp_target.contiguous();
   const auto coef_c = coef.contiguous();
-  const dim3 grid(static_cast<unsigned>(std::min<int64_t>((V + kThreads - 1) / kThreads, 64)),
-                  static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "logprob_grad_cuda_", [&] {
+  UNLEARNX_DISPATCH_LOGITS(logits.scalar_type(), "logprob_grad_cuda_", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    logprob_grad_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
+    logprob_grad_kernel<scalar_t, acc_t><<<elementwise_grid(rows, V), kRowThreads, 0, stream>>>(
         logits.data_ptr<scalar_t>(), target_c.const_data_ptr<int64_t>(), lse_c.const_data_ptr<acc_t>(),
         logp_c.const_data_ptr<acc_t>(), coef_c.const_data_ptr<acc_t>(), rows, V);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -1,25 +1,14 @@
 // CUDA statistics kernel: one block per row, online softmax partials of the
 // non-target columns per thread, merged across the block.
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
-#include <algorithm>
-
 #include "block_reduce.cuh"
-#include "kernels.h"
+#include "common.cuh"
 
 namespace unlearnx {
 
 namespace {
 
-constexpr int kThreads = 256;
-
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kRowThreads)
     lse_stats_kernel(const scalar_t* __restrict__ z, const int64_t* __restrict__ target, int64_t rows, int64_t V,
                      acc_t* __restrict__ lse, acc_t* __restrict__ logp) {
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -27,9 +16,9 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t t = target[r];
     CUDA_KERNEL_ASSERT(t >= 0 && t < V);
     SoftmaxPartial<acc_t> p = softmax_empty<acc_t>();
-    for (int64_t v = threadIdx.x; v < V; v += kThreads)
+    for (int64_t v = threadIdx.x; v < V; v += kRowThreads)
       if (v != t) p = softmax_push(p, static_cast<acc_t>(row[v]));
-    p = block_merge<acc_t, kThreads>(p);
+    p = block_merge<acc_t, kRowThreads>(p);
     if (threadIdx.x == 0) {
       const RowStats<acc_t> st = finish_row(p, static_cast<acc_t>(row[t]));
       lse[r] = st.lse;
@@ -45,14 +34,12 @@ std::tuple<at::Tensor, at::Tensor> lse_stats_cuda(const at::Tensor& logits, cons
   c10::cuda::CUDAGuard guard(logits.device());
   const auto target_c = target.contiguous();
   const int64_t rows = logits.size(0), V = logits.size(1);
-  auto opts = logits.options().dtype(acc_dtype(logits.scalar_type()));
-  at::Tensor lse = at::empty({rows}, opts), logp = at::empty({rows}, opts);
+  at::Tensor lse = acc_empty(logits), logp = acc_empty(logits);
   if (rows == 0) return {lse, logp};
-  const int blocks = static_cast<int>(std::min<int64_t>(rows, 1 << 20));
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lse_stats_cuda", [&] {
+  UNLEARNX_DISPATCH_LOGITS(logits.scalar_type(), "lse_stats_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    lse_stats_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
+    lse_stats_kernel<scalar_t, acc_t><<<row_blocks(rows), kRowThreads, 0, stream>>>(
         logits.const_data_ptr<scalar_t>(), target_c.const_data_ptr<int64_t>(), rows, V, lse.data_ptr<acc_t>(),
         logp.data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

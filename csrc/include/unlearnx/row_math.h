@@ -130,4 +130,60 @@ UNLX_HD acc_t logprob_grad_target(acc_t logp_target, acc_t coef) {
   return -coef * expm1_acc(logp_target);
 }
 
+// ---------------------------------------------------------------- policy + reference rows
+// Rows z (policy) and r (frozen reference) of the same token. m_* are the row maxima,
+// s_*_other the sum of exp(. - m_*) over the non-target columns, and cross the sum
+// over all columns of exp(r_v - m_r) * (r_v - z_v).
+template <typename acc_t>
+struct RefRowStats {
+  acc_t lse_z, lse_r, logp, logp_ref, kl;
+};
+
+template <typename acc_t>
+UNLX_HD RefRowStats<acc_t> finish_ref_row(acc_t m_z, acc_t s_z_other, acc_t z_target, acc_t m_r, acc_t s_r_other,
+                                          acc_t r_target, acc_t cross) {
+  const RowStats<acc_t> pz = finish_row(SoftmaxPartial<acc_t>{m_z, s_z_other}, z_target);
+  const RowStats<acc_t> pr = finish_row(SoftmaxPartial<acc_t>{m_r, s_r_other}, r_target);
+  const acc_t s_r_all = exp_acc(r_target - m_r) + s_r_other;
+  // KL(q || p) = sum_v q_v (r_v - z_v) - lse_r + lse_z, q = softmax(r), p = softmax(z)
+  return {pz.lse, pr.lse, pz.logp_target, pr.logp_target, cross / s_r_all - pr.lse + pz.lse};
+}
+
+// d/dz of a * log p_y + c * KL(q || p), for a non-target column: (c - a) p_v - c q_v.
+template <typename acc_t>
+UNLX_HD acc_t ref_grad_other(acc_t z, acc_t r, acc_t lse_z, acc_t lse_r, acc_t a, acc_t c) {
+  return (c - a) * exp_acc(z - lse_z) - c * exp_acc(r - lse_r);
+}
+
+// The target column: a (1 - p_y) + c (p_y - q_y), with 1 - p_y = -expm1(log p_y).
+template <typename acc_t>
+UNLX_HD acc_t ref_grad_target(acc_t logp, acc_t logp_ref, acc_t a, acc_t c) {
+  return -a * expm1_acc(logp) + c * (exp_acc(logp) - exp_acc(logp_ref));
+}
+
+// ---------------------------------------------------------------- DiPO rows
+// q+ = softmax(r - shift 1_H), q- = softmax(r + shift 1_H) for the top-k set H of r.
+// With e_v = exp(r_v - m_r): s_out = sum_{v not in H} e_v, s_in = sum_{v in H} e_v,
+// a_out / a_in the same sums of e_v (z_v - r_v). Then s+- = s_out + exp(-+shift) s_in
+// and Delta = <q+ - q-, z - r>. (s_out is all-minus-H: its absolute error eps*s_in is
+// at most eps*exp(shift) relative to s+-, since both contain exp(-+shift) s_in.)
+template <typename acc_t>
+struct DipoRowStats {
+  acc_t s_plus, s_minus, delta;
+};
+
+template <typename acc_t>
+UNLX_HD DipoRowStats<acc_t> finish_dipo_row(acc_t s_out, acc_t s_in, acc_t a_out, acc_t a_in, acc_t shift) {
+  const acc_t down = exp_acc(-shift), up = exp_acc(shift);
+  const acc_t s_plus = s_out + down * s_in, s_minus = s_out + up * s_in;
+  return {s_plus, s_minus, (a_out + down * a_in) / s_plus - (a_out + up * a_in) / s_minus};
+}
+
+// coef * (q+_v - q-_v); weight_plus/minus are 1 outside H and exp(-+shift) inside.
+template <typename acc_t>
+UNLX_HD acc_t dipo_grad(acc_t r, acc_t m_r, acc_t s_plus, acc_t s_minus, acc_t weight_plus, acc_t weight_minus,
+                        acc_t coef) {
+  return coef * exp_acc(r - m_r) * (weight_plus / s_plus - weight_minus / s_minus);
+}
+
 }  // namespace unlearnx
