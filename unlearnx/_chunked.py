@@ -1,13 +1,14 @@
 """Chunk driver: the LM head and the row kernels over chunks of tokens.
 
-Only one ``[C, V]`` chunk of logits exists at a time. Ignored tokens are dropped before
-any GEMM. Per chunk: ``Z = X_c W^T (+ b)`` (ATen GEMM), the statistics kernel
-(``lse_stats``), and, where gradients are wanted, the gradient kernel rewrites ``Z`` in
-place into ``dL/dZ`` (``logprob_grad_``) before ``dX_c = dZ W`` and ``dW += dZ^T X_c``.
+Only one ``[C, V]`` chunk of logits (two with a reference model) exists at a time.
+Ignored tokens are dropped before any GEMM. Per chunk: ``Z = X_c W^T (+ b)`` (ATen GEMM),
+``R`` likewise from the reference hidden states and head where the loss needs them, the
+family's statistics kernel, and, where gradients are wanted, its gradient kernel rewrites
+``Z`` in place into ``dL/dZ`` before ``dX_c = dZ W`` and ``dW += dZ^T X_c``.
 
 These functions run inside the custom ops of ``_ops``: they may synchronise with the
-device (``nonzero`` and the chunk plan need host-side counts, once per call), and
-the compiler never traces into them.
+device (``nonzero`` and the chunk plan need host-side counts, once per call), and the
+compiler never traces into them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from unlearnx import _rows
 from unlearnx._objectives import OBJECTIVES, per_sequence_grad, per_sequence_loss, reduction_scale
 
 CPU_CHUNK_BYTES = 64 << 20
@@ -32,12 +34,15 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def chunk_rows(vocab: int, dtype: torch.dtype, device: torch.device, chunk_size: int | None) -> int:
-    """Rows per chunk: ``chunk_size`` if given, else what fits the device's logits budget."""
+def chunk_rows(
+    vocab: int, dtype: torch.dtype, device: torch.device, chunk_size: int | None, n_mats: int = 1
+) -> int:
+    """Rows per chunk: ``chunk_size`` if given, else what fits the device's logits budget
+    (shared by ``n_mats`` chunk matrices: 2 with reference logits)."""
     if chunk_size is not None:
         return chunk_size
     budget = CUDA_CHUNK_BYTES if device.type == "cuda" else CPU_CHUNK_BYTES
-    return max(1, budget // (vocab * torch.empty((), dtype=dtype).element_size()))
+    return max(1, budget // (n_mats * vocab * torch.empty((), dtype=dtype).element_size()))
 
 
 @dataclass
@@ -48,9 +53,17 @@ class Tokens:
     x: Tensor  # (n, D) input dtype
     t: Tensor  # (n,) int64, in [0, V)
     seq: Tensor  # (n,) int64 sequence of each row (rows // T)
+    xr: Tensor | None = None  # (n, D_ref) reference hidden states
 
 
-def compact(input2d: Tensor, target1d: Tensor, vocab: int, ignore_index: int, seq_len: int) -> Tokens:
+def compact(
+    input2d: Tensor,
+    target1d: Tensor,
+    vocab: int,
+    ignore_index: int,
+    seq_len: int,
+    ref2d: Tensor | None = None,
+) -> Tokens:
     valid = target1d != ignore_index
     rows = valid.nonzero().squeeze(1)
     t = target1d.index_select(0, rows)
@@ -60,7 +73,9 @@ def compact(input2d: Tensor, target1d: Tensor, vocab: int, ignore_index: int, se
         raise ValueError(
             f"target: value {value} is outside [0, {vocab}) and is not ignore_index={ignore_index}"
         )
-    return Tokens(rows, input2d.index_select(0, rows), t, torch.div(rows, seq_len, rounding_mode="floor"))
+    xr = None if ref2d is None else ref2d.index_select(0, rows)
+    seq = torch.div(rows, seq_len, rounding_mode="floor")
+    return Tokens(rows, input2d.index_select(0, rows), t, seq, xr)
 
 
 class Head:
@@ -105,31 +120,64 @@ class Head:
         )
 
 
-# on_chunk(start, end, lse_c, logp_c) -> per-row gradient coefficient, or None for none
-OnChunk = Callable[[int, int, Tensor, Tensor], "Tensor | None"]
+@dataclass
+class Problem:
+    """Everything a pass needs: compacted tokens, the policy head, the reference head
+    (frozen, only for families that need one) and the row family."""
+
+    tok: Tokens
+    head: Head
+    ref: Head | None
+    family: object
+    n_seq: int
+    n_rows: int  # B * T, ignored positions included
+    acc: torch.dtype
+
+
+def build(
+    input3d: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target2d: Tensor,
+    ref_input: Tensor | None,
+    ref_weight: Tensor | None,
+    ref_bias: Tensor | None,
+    family: str,
+    family_params: Sequence[float],
+    ignore_index: int,
+    needs: Sequence[bool],
+) -> Problem:
+    n_seq, seq_len, dim = input3d.shape
+    fam = _rows.make(family, family_params)
+    ref2d = ref_input.reshape(n_seq * seq_len, -1) if fam.needs_ref else None
+    tok = compact(
+        input3d.reshape(-1, dim), target2d.reshape(-1), weight.shape[0], ignore_index, seq_len, ref2d
+    )
+    ref = Head(ref_weight, ref_bias, 0, (False, False, False)) if fam.needs_ref else None
+    head = Head(weight, bias, n_seq * seq_len, needs)
+    return Problem(tok, head, ref, fam, n_seq, n_seq * seq_len, acc_dtype(input3d.dtype))
+
+
+# on_chunk(start, end, stats) -> per-row gradient coefficient(s), or None for none
+OnChunk = Callable[[int, int, "_rows.Stats"], "Tensor | tuple[Tensor, ...] | None"]
 
 
 def sweep(
-    tok: Tokens,
-    head: Head,
-    bounds: Sequence[tuple[int, int]],
-    on_chunk: OnChunk,
-    stats: tuple[Tensor, Tensor] | None = None,
+    p: Problem, bounds: Sequence[tuple[int, int]], on_chunk: OnChunk, saved: _rows.Stats | None = None
 ) -> None:
-    """One pass of the LM head over ``bounds``: the statistics kernel (unless ``stats``,
-    the ``(lse, logp)`` of an earlier pass, are given), then the gradient kernel and
+    """One pass of the head(s) over ``bounds``: the family's statistics kernel (unless
+    ``saved``, the statistics of an earlier pass, are given), then its gradient kernel and
     backprop for each chunk whose ``on_chunk`` returns coefficients."""
+    tok = p.tok
     for start, end in bounds:
         x, t = tok.x[start:end], tok.t[start:end]
-        z = head.logits(x)
-        if stats is None:
-            lse_c, logp_c = torch.ops.unlearnx.lse_stats(z, t)
-        else:
-            lse_c, logp_c = stats[0][start:end], stats[1][start:end]
-        coef = on_chunk(start, end, lse_c, logp_c)
+        z = p.head.logits(x)
+        r = p.ref.logits(tok.xr[start:end]) if p.ref is not None else None
+        stats = p.family.stats(z, r, t) if saved is None else tuple(s[start:end] for s in saved)
+        coef = on_chunk(start, end, stats)
         if coef is not None:
-            torch.ops.unlearnx.logprob_grad_(z, t, lse_c, logp_c, coef)
-            head.backprop(z, x, tok.rows[start:end])
+            p.family.grad_(z, r, t, stats, coef)
+            p.head.backprop(z, x, tok.rows[start:end])
 
 
 def uniform_bounds(n: int, rows: int) -> list[tuple[int, int]]:
@@ -151,96 +199,78 @@ def sequence_bounds(counts: Tensor, rows: int) -> list[tuple[int, int]] | None:
     return bounds
 
 
-def token_logprobs(
-    input2d: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    target1d: Tensor,
-    ignore_index: int,
-    chunk: int | None,
-) -> tuple[Tensor, Tensor]:
-    """``(logp (N,), lse (N,))`` in the accumulation dtype, 0 at ignored positions."""
-    tok = compact(input2d, target1d, weight.shape[0], ignore_index, 1)
-    head = Head(weight, bias, input2d.shape[0], (False, False, False))
-    acc = acc_dtype(input2d.dtype)
-    lse = torch.zeros(input2d.shape[0], dtype=acc, device=input2d.device)
-    logp = torch.zeros_like(lse)
-
-    def keep(start: int, end: int, lse_c: Tensor, logp_c: Tensor) -> None:
-        rows = tok.rows[start:end]
-        lse.index_copy_(0, rows, lse_c)
-        logp.index_copy_(0, rows, logp_c)
-
-    rows = chunk_rows(weight.shape[0], input2d.dtype, input2d.device, chunk)
-    sweep(tok, head, uniform_bounds(tok.rows.numel(), rows), keep)
-    return logp, lse
+def _n_mats(p: Problem) -> int:
+    return 2 if p.ref is not None else 1
 
 
-def token_logprobs_backward(
-    grad: Tensor,
-    input2d: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    target1d: Tensor,
-    logp: Tensor,
-    lse: Tensor,
-    ignore_index: int,
-    chunk: int | None,
-    needs: Sequence[bool],
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Recompute pass: gradients of ``sum(grad * logp)`` for any upstream ``grad (N,)``."""
-    tok = compact(input2d, target1d, weight.shape[0], ignore_index, 1)
-    head = Head(weight, bias, input2d.shape[0], needs)
-    coef = grad.index_select(0, tok.rows).to(lse.dtype)
-    stats = lse.index_select(0, tok.rows), logp.index_select(0, tok.rows)
-    rows = chunk_rows(weight.shape[0], input2d.dtype, input2d.device, chunk)
-    sweep(tok, head, uniform_bounds(tok.rows.numel(), rows), lambda s, e, *_: coef[s:e], stats)
-    return head.grads()
+def token_values(p: Problem, chunk: int | None) -> tuple[Tensor, Tensor]:
+    """``(values (N,), stats (k, N))`` of every token, 0 at ignored positions; the statistics
+    are what a recompute pass needs."""
+    n_all = p.n_rows
+    dev = p.tok.x.device
+    values = torch.zeros(n_all, dtype=p.acc, device=dev)
+    saved: list[Tensor] = []
+
+    def keep(start: int, end: int, stats: _rows.Stats) -> None:
+        rows = p.tok.rows[start:end]
+        if not saved:
+            saved.extend(torch.zeros(n_all, dtype=s.dtype, device=dev) for s in stats)
+        for buf, s in zip(saved, stats, strict=True):
+            buf.index_copy_(0, rows, s)
+        values.index_copy_(0, rows, p.family.value(stats))
+
+    rows = chunk_rows(p.head.weight.shape[0], p.tok.x.dtype, dev, chunk, _n_mats(p))
+    sweep(p, uniform_bounds(p.tok.rows.numel(), rows), keep)
+    stacked = torch.stack(saved) if saved else torch.zeros(0, n_all, dtype=p.acc, device=dev)
+    return values, stacked
+
+
+def token_values_backward(
+    p: Problem, grad: Tensor, stats: Tensor, chunk: int | None
+) -> tuple[Tensor | None, ...]:
+    """Recompute pass: gradients of ``sum(grad * values)`` for any upstream ``grad (N,)``."""
+    coef = grad.index_select(0, p.tok.rows).to(p.acc)
+    saved = tuple(s.index_select(0, p.tok.rows) for s in stats)
+    rows = chunk_rows(p.head.weight.shape[0], p.tok.x.dtype, p.tok.x.device, chunk, _n_mats(p))
+    sweep(p, uniform_bounds(p.tok.rows.numel(), rows), lambda s, e, _: coef[s:e], saved)
+    return p.head.grads()
 
 
 def sequence_loss(
-    input3d: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    target2d: Tensor,
+    p: Problem,
     params: Tensor | None,
     objective: str,
     hparams: Sequence[float],
-    ignore_index: int,
     reduction: str,
     chunk: int | None,
-    needs: Sequence[bool],
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """Loss ``sum_b f(S_b)`` (scaled for ``reduction``) and its gradients.
 
-    Single pass (6·N·D·V FLOPs) when chunks can hold whole sequences (or ``f`` is linear):
-    each chunk's coefficients ``df/dS_b`` are known once its statistics are. Otherwise two
-    passes (8·N·D·V): statistics for every chunk, then a recompute with the coefficients.
+    Single pass (6·N·D·V FLOPs for the policy) when chunks can hold whole sequences (or
+    ``f`` is linear): each chunk's coefficients ``df/dS_b`` are known once its statistics
+    are. Otherwise two passes (8·N·D·V): statistics for every chunk, then a recompute.
     """
-    n_seq, seq_len, dim = input3d.shape
-    tok = compact(input3d.reshape(-1, dim), target2d.reshape(-1), weight.shape[0], ignore_index, seq_len)
-    head = Head(weight, bias, n_seq * seq_len, needs)
-    acc = acc_dtype(input3d.dtype)
+    tok, n_seq, acc = p.tok, p.n_seq, p.acc
     counts = torch.bincount(tok.seq, minlength=n_seq)
     scale = reduction_scale(objective, counts, reduction, acc)
-    rows = chunk_rows(weight.shape[0], input3d.dtype, input3d.device, chunk)
+    rows = chunk_rows(p.head.weight.shape[0], tok.x.dtype, tok.x.device, chunk, _n_mats(p))
     n = tok.rows.numel()
-    total = torch.zeros((), dtype=acc, device=input3d.device)
+    total = torch.zeros((), dtype=acc, device=tok.x.device)
 
     def contribution(s_partial: Tensor, present: Tensor) -> tuple[Tensor, Tensor | None]:
         """(scaled loss of the present sequences, its gradient w.r.t. S if wanted)."""
         zero = torch.zeros_like(s_partial)
         per = per_sequence_loss(objective, s_partial, counts, params, hparams)
         value = torch.where(present, per, zero).sum() * scale
-        if not head.wants_grad:
+        if not p.head.wants_grad:
             return value, None
         grad = per_sequence_grad(objective, s_partial, counts, params, hparams)
         return value, torch.where(present, grad, zero) * scale
 
-    def summed(start: int, end: int, logp: Tensor) -> Tensor:
-        # fp64: a sequential index_add of hundreds of fp32 log-probs drifts by ulps of S
-        sums = torch.zeros(n_seq, dtype=torch.float64, device=logp.device)
-        return sums.index_add_(0, tok.seq[start:end], logp.double()).to(acc)
+    def summed(start: int, end: int, values: Tensor) -> Tensor:
+        # fp64: a sequential index_add of hundreds of fp32 values drifts by ulps of S
+        sums = torch.zeros(n_seq, dtype=torch.float64, device=values.device)
+        return sums.index_add_(0, tok.seq[start:end], values.double()).to(acc)
 
     if OBJECTIVES[objective].linear:
         bounds = uniform_bounds(n, rows)
@@ -252,33 +282,111 @@ def sequence_loss(
         bounds = sequence_bounds(host_counts, rows)
     if bounds is not None:
 
-        def single_pass(start: int, end: int, lse_c: Tensor, logp_c: Tensor) -> Tensor | None:
+        def single_pass(start: int, end: int, stats: _rows.Stats) -> Tensor | None:
             nonlocal total
-            present = torch.zeros(n_seq, dtype=torch.bool, device=lse_c.device)
+            present = torch.zeros(n_seq, dtype=torch.bool, device=tok.x.device)
             present[tok.seq[start:end]] = True
-            value, grad = contribution(summed(start, end, logp_c), present)
+            value, grad = contribution(summed(start, end, p.family.value(stats)), present)
             total = total + value
             return None if grad is None else grad.index_select(0, tok.seq[start:end])
 
-        sweep(tok, head, bounds, single_pass)
-        return total, *_shaped(head.grads(), input3d)
+        sweep(p, bounds, single_pass)
+        return total, *p.head.grads()
 
     bounds = uniform_bounds(n, rows)
-    lse = torch.empty(n, dtype=acc, device=input3d.device)
-    logp = torch.empty_like(lse)
+    saved: list[Tensor] = []
 
-    def stats_only(start: int, end: int, lse_c: Tensor, logp_c: Tensor) -> None:
-        lse[start:end] = lse_c
-        logp[start:end] = logp_c
+    def stats_only(start: int, end: int, stats: _rows.Stats) -> None:
+        if not saved:
+            saved.extend(torch.empty(n, dtype=s.dtype, device=s.device) for s in stats)
+        for buf, s in zip(saved, stats, strict=True):
+            buf[start:end] = s
 
-    sweep(tok, head, bounds, stats_only)
-    total, grad = contribution(summed(0, n, logp), counts > 0)
+    sweep(p, bounds, stats_only)
+    total, grad = contribution(summed(0, n, p.family.value(tuple(saved))), counts > 0)
     if grad is not None:
         coef = grad.index_select(0, tok.seq)
-        sweep(tok, head, bounds, lambda s, e, *_: coef[s:e], (lse, logp))
-    return total, *_shaped(head.grads(), input3d)
+        sweep(p, bounds, lambda s, e, _: coef[s:e], tuple(saved))
+    return total, *p.head.grads()
 
 
-def _shaped(grads: tuple[Tensor | None, ...], input3d: Tensor) -> tuple[Tensor | None, ...]:
-    gx, *rest = grads
-    return (None if gx is None else gx.view(input3d.shape), *rest)
+def dto_loss(
+    p: Problem, mask: Tensor, beta: float, kl_weight: float, chunk: int | None
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """DTO (reconstruction): token NPO on the target tokens (``mask``) averaged over them,
+    plus ``kl_weight`` times KL to the reference averaged over the other valid tokens.
+    Token-level, so always one pass; ``p.family`` is the reference family."""
+    tok, acc = p.tok, p.acc
+    on_target = mask.reshape(-1).index_select(0, tok.rows)
+    n_target = on_target.sum().clamp(min=1).to(acc)
+    n_other = (~on_target).sum().clamp(min=1).to(acc)
+    total = torch.zeros((), dtype=acc, device=tok.x.device)
+
+    def chunk_loss(start: int, end: int, stats: _rows.Stats) -> tuple[Tensor, Tensor] | None:
+        nonlocal total
+        _, _, logp, ref_logp, kl = stats
+        tgt = on_target[start:end]
+        u = beta * (logp - ref_logp)
+        npo = -(2.0 / beta) * torch.nn.functional.logsigmoid(-u)
+        zero = torch.zeros_like(kl)
+        total = total + torch.where(tgt, npo, zero).sum() / n_target
+        total = total + kl_weight * torch.where(tgt, zero, kl).sum() / n_other
+        if not p.head.wants_grad:
+            return None
+        a = torch.where(tgt, 2.0 * torch.sigmoid(u) / n_target, zero)
+        c = torch.where(tgt, zero, torch.full_like(kl, kl_weight) / n_other)
+        return a, c
+
+    rows = chunk_rows(p.head.weight.shape[0], tok.x.dtype, tok.x.device, chunk, 2)
+    sweep(p, uniform_bounds(tok.rows.numel(), rows), chunk_loss)
+    return total, *p.head.grads()
+
+
+def flatten_margins(p: Problem, chunk: int | None) -> tuple[Tensor, Tensor]:
+    """``(margin (N,), argmax (N,))``: ``max_v z - mean_v z`` per token (0 / -1 where
+    ignored). The mean is ``x . mean_row(W) + mean(b)``: no GEMM."""
+    tok, acc, n_all = p.tok, p.acc, p.n_rows
+    w_mean = p.head.weight.to(acc).mean(0)
+    mean = tok.x.to(acc) @ w_mean
+    if p.head.bias is not None:
+        mean = mean + p.head.bias.to(acc).mean()
+    margin = torch.zeros(n_all, dtype=acc, device=tok.x.device)
+    argmax = torch.full((n_all,), -1, dtype=torch.int64, device=tok.x.device)
+
+    def keep(start: int, end: int, stats: _rows.Stats) -> None:
+        rows = tok.rows[start:end]
+        margin.index_copy_(0, rows, stats[0] - mean[start:end])
+        argmax.index_copy_(0, rows, stats[1])
+
+    rows = chunk_rows(p.head.weight.shape[0], tok.x.dtype, tok.x.device, chunk)
+    sweep(p, uniform_bounds(tok.rows.numel(), rows), keep)
+    return margin, argmax
+
+
+def flatten_backward(
+    grad: Tensor, input2d: Tensor, weight: Tensor, bias: Tensor | None, argmax: Tensor, needs: Sequence[bool]
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients of ``sum(grad * margin)``. ``dmargin/dz = onehot(argmax) - 1/V`` is sparse
+    plus rank one, so ``dX = g (W[argmax] - mean_row(W))``, ``dW`` a scatter-add minus a
+    rank-one update, ``db`` a bincount minus a constant: O(N·D + V·D), no vocabulary GEMM."""
+    acc = acc_dtype(input2d.dtype)
+    vocab = weight.shape[0]
+    rows = (argmax >= 0).nonzero().squeeze(1)
+    g = grad.index_select(0, rows).to(acc)
+    top = argmax.index_select(0, rows)
+    need_x, need_w, need_b = needs
+    gx = gw = gb = None
+    if need_x:
+        w_mean = weight.to(acc).mean(0)
+        gx = torch.zeros_like(input2d)
+        gx.index_copy_(
+            0, rows, (g[:, None] * (weight.index_select(0, top).to(acc) - w_mean)).to(input2d.dtype)
+        )
+    if need_w:
+        x = input2d.index_select(0, rows).to(acc)
+        gx_sum = g @ x
+        gw = torch.zeros(weight.shape, dtype=acc, device=weight.device).index_add_(0, top, g[:, None] * x)
+        gw = (gw - gx_sum / vocab).to(weight.dtype)
+    if need_b and bias is not None:
+        gb = (torch.bincount(top, weights=g, minlength=vocab).to(acc) - g.sum() / vocab).to(bias.dtype)
+    return gx, gw, gb

@@ -1,7 +1,9 @@
-"""Per-sequence objectives on summed log-probabilities, and their reductions.
+"""Per-sequence objectives on summed per-token values, and their reductions.
 
-Every log-probability loss of unlearnx is ``sum_b f(S_b)`` up to a normaliser, where
-``S_b`` is the summed target log-probability of sequence ``b`` over its valid tokens.
+Most losses of unlearnx are ``sum_b f(S_b)`` up to a normaliser, where ``S_b`` sums a
+per-token value over the valid tokens of sequence ``b``: the target log-probability
+(NLL, NPO, SimNPO), the token KL to the reference (KL), or DiPO's Delta_t. The row
+family (``_rows``) that produces the value is part of the objective.
 Only ``f`` differs between losses, so a loss is one entry in :data:`OBJECTIVES`: ``f`` and
 its closed-form derivative ``df/dS``. The fused driver (``_chunked``) and the materialising
 reference share ``f``; the fused driver scales each token's gradient by ``df/dS_b``, while
@@ -34,6 +36,9 @@ class Objective:
     # f is linear with f(0) = 0: partial sums of a sequence may be processed in different
     # chunks, so chunks need not be cut at sequence boundaries.
     linear: bool = False
+    # the row family giving the per-token value, and which hparams parameterise it
+    family: str = "logp"
+    family_params: Callable[[Sequence[float]], list[float]] = lambda hp: []
 
 
 def _nll(s: Tensor, counts: Tensor, params: Tensor | None, hp: Sequence[float]) -> Tensor:
@@ -66,10 +71,31 @@ def _simnpo_grad(s: Tensor, counts: Tensor, params: Tensor | None, hp: Sequence[
     return (2.0 / n) * torch.sigmoid((beta / n) * s + gamma)
 
 
+def _kl(s: Tensor, counts: Tensor, params: Tensor | None, hp: Sequence[float]) -> Tensor:
+    return s
+
+
+def _kl_grad(s: Tensor, counts: Tensor, params: Tensor | None, hp: Sequence[float]) -> Tensor:
+    return torch.ones_like(s)
+
+
+def _dipo(s: Tensor, counts: Tensor, params: Tensor | None, hp: Sequence[float]) -> Tensor:
+    beta = hp[0]
+    return -F.logsigmoid(beta * s)
+
+
+def _dipo_grad(s: Tensor, counts: Tensor, params: Tensor | None, hp: Sequence[float]) -> Tensor:
+    beta = hp[0]
+    return -beta * torch.sigmoid(-beta * s)
+
+
 OBJECTIVES: dict[str, Objective] = {
     "nll": Objective(_nll, _nll_grad, token_mean=True, linear=True),
     "npo": Objective(_npo, _npo_grad),
     "simnpo": Objective(_simnpo, _simnpo_grad),
+    "kl": Objective(_kl, _kl_grad, token_mean=True, linear=True, family="kl"),
+    # hparams: beta, top_k, shift
+    "dipo": Objective(_dipo, _dipo_grad, family="dipo", family_params=lambda hp: [hp[1], hp[2]]),
 }
 
 REDUCTIONS = ("mean", "sum", "none")

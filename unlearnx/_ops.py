@@ -1,20 +1,25 @@
 """PyTorch operators of unlearnx: fake (meta) implementations and autograd glue.
 
-C++ row kernels (``csrc/ops.cpp``):
+C++ row kernels (``csrc/ops.cpp``; see ``csrc/kernels.h`` for what each computes):
+``lse_stats``, ``logprob_grad_``, ``max_stats``, ``ref_stats``, ``ref_grad_``,
+``dipo_stats``, ``dipo_grad_``.
 
-- ``unlearnx::lse_stats(logits [C, V], target [C]) -> (lse [C], logp_target [C])``
-- ``unlearnx::logprob_grad_(logits [C, V]!, target, lse, logp_target, coef)``: in place,
-  ``logits <- coef * (onehot(target) - softmax(logits))``.
+Chunked operators (the driver in ``_chunked``; opaque to ``torch.compile``). Inputs are
+``input [B, T, D]``, ``weight [V, D]``, ``bias [V]?``, ``target [B, T]``, and for
+reference-based losses ``ref_input [B, T, D_ref]``, ``ref_weight [V, D_ref]``, ``ref_bias?``:
 
-Chunked operators (the driver in ``_chunked``; opaque to ``torch.compile``):
+- ``token_values(..., family, family_params, ...) -> (values [B*T], stats [k, B*T])``: the
+  per-token value of a row family (``logp``: log p(target); ``kl``: KL(pi_ref || pi);
+  ``dipo``: Delta_t; ``target_score``: the target's margin), differentiable for any
+  upstream gradient by recompute (``token_values_backward``).
+- ``sequence_loss(..., params?, objective, hparams, ...) -> (loss, grad_input,
+  grad_weight, grad_bias)`` and ``dto_loss(...)``: gradients come out of the forward; the
+  backward only scales them by the incoming gradient.
+- ``flatten_margins(input [N, D], weight, bias?, target [N], ...) -> (margin [N],
+  argmax [N])`` with a GEMM-free backward (``flatten_margins_backward``).
 
-- ``unlearnx::token_logprobs(input [N, D], weight [V, D], bias [V]?, target [N], ...)
-  -> (logp [N], lse [N])``, differentiable for any upstream gradient by recompute
-  (``unlearnx::token_logprobs_backward``).
-- ``unlearnx::sequence_loss(input [B, T, D], weight, bias?, target [B, T], params [B]?,
-  objective, hparams, ...) -> (loss [], grad_input, grad_weight, grad_bias)``: gradients
-  come out of the forward; the backward only scales them by the incoming gradient.
-  Gradients not asked for (``needs``) are returned as empty tensors.
+Gradients not asked for (``needs``) are returned as empty tensors. The reference model
+gets no gradient.
 """
 
 import torch
@@ -39,79 +44,204 @@ def _fake_grads(input: Tensor, weight: Tensor, bias: Tensor | None, needs: list[
     )
 
 
+# ------------------------------------------------------------------ fake row kernels
+
+
 @torch.library.register_fake("unlearnx::lse_stats")
-def _lse_stats_fake(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    rows = logits.shape[0]
-    return logits.new_empty(rows, dtype=_acc(logits)), logits.new_empty(rows, dtype=_acc(logits))
+def _lse_stats_fake(logits, target):
+    return tuple(logits.new_empty(logits.shape[0], dtype=_acc(logits)) for _ in range(2))
 
 
 @torch.library.register_fake("unlearnx::logprob_grad_")
-def _logprob_grad_fake(
-    logits: Tensor, target: Tensor, lse: Tensor, logp_target: Tensor, coef: Tensor
-) -> None:
+def _logprob_grad_fake(logits, target, lse, logp_target, coef) -> None:
     return None
 
 
-@torch.library.custom_op("unlearnx::token_logprobs", mutates_args=())
-def token_logprobs(
+@torch.library.register_fake("unlearnx::max_stats")
+def _max_stats_fake(logits):
+    rows = logits.shape[0]
+    return logits.new_empty(rows, dtype=_acc(logits)), logits.new_empty(rows, dtype=torch.int64)
+
+
+@torch.library.register_fake("unlearnx::ref_stats")
+def _ref_stats_fake(logits, ref_logits, target):
+    return tuple(logits.new_empty(logits.shape[0], dtype=_acc(logits)) for _ in range(5))
+
+
+@torch.library.register_fake("unlearnx::ref_grad_")
+def _ref_grad_fake(logits, ref_logits, target, lse, ref_lse, logp, ref_logp, a, c) -> None:
+    return None
+
+
+@torch.library.register_fake("unlearnx::dipo_stats")
+def _dipo_stats_fake(logits, ref_logits, top_idx, shift):
+    return tuple(logits.new_empty(logits.shape[0], dtype=_acc(logits)) for _ in range(4))
+
+
+@torch.library.register_fake("unlearnx::dipo_grad_")
+def _dipo_grad_fake(logits, ref_logits, top_idx, ref_max, s_plus, s_minus, shift, coef) -> None:
+    return None
+
+
+# ------------------------------------------------------------------ token values (two-pass)
+
+_N_STATS = {"logp": 2, "kl": 5, "dipo": 4, "target_score": 3}
+
+
+@torch.library.custom_op("unlearnx::token_values", mutates_args=())
+def token_values(
     input: Tensor,
     weight: Tensor,
     bias: Tensor | None,
     target: Tensor,
+    ref_input: Tensor | None,
+    ref_weight: Tensor | None,
+    ref_bias: Tensor | None,
+    family: str,
+    family_params: list[float],
     ignore_index: int,
     chunk_size: int | None,
 ) -> tuple[Tensor, Tensor]:
-    return _chunked.token_logprobs(input, weight, bias, target, ignore_index, chunk_size)
+    p = _chunked.build(
+        input,
+        weight,
+        bias,
+        target,
+        ref_input,
+        ref_weight,
+        ref_bias,
+        family,
+        family_params,
+        ignore_index,
+        (False, False, False),
+    )
+    return _chunked.token_values(p, chunk_size)
 
 
-@token_logprobs.register_fake
-def _token_logprobs_fake(input, weight, bias, target, ignore_index, chunk_size):
-    n = input.shape[0]
-    return input.new_empty(n, dtype=_acc(input)), input.new_empty(n, dtype=_acc(input))
+@token_values.register_fake
+def _token_values_fake(
+    input,
+    weight,
+    bias,
+    target,
+    ref_input,
+    ref_weight,
+    ref_bias,
+    family,
+    family_params,
+    ignore_index,
+    chunk_size,
+):
+    n = input.shape[0] * input.shape[1]
+    return input.new_empty(n, dtype=_acc(input)), input.new_empty(_N_STATS[family], n, dtype=_acc(input))
 
 
-@torch.library.custom_op("unlearnx::token_logprobs_backward", mutates_args=())
-def token_logprobs_backward(
+@torch.library.custom_op("unlearnx::token_values_backward", mutates_args=())
+def token_values_backward(
     grad: Tensor,
     input: Tensor,
     weight: Tensor,
     bias: Tensor | None,
     target: Tensor,
-    logp: Tensor,
-    lse: Tensor,
+    ref_input: Tensor | None,
+    ref_weight: Tensor | None,
+    ref_bias: Tensor | None,
+    stats: Tensor,
+    family: str,
+    family_params: list[float],
     ignore_index: int,
     chunk_size: int | None,
     needs: list[bool],
 ) -> tuple[Tensor, Tensor, Tensor]:
-    grads = _chunked.token_logprobs_backward(
-        grad, input, weight, bias, target, logp, lse, ignore_index, chunk_size, needs
+    p = _chunked.build(
+        input,
+        weight,
+        bias,
+        target,
+        ref_input,
+        ref_weight,
+        ref_bias,
+        family,
+        family_params,
+        ignore_index,
+        needs,
     )
-    return tuple(_or_empty(g, input) for g in grads)
+    gx, gw, gb = _chunked.token_values_backward(p, grad, stats, chunk_size)
+    return (
+        _or_empty(None if gx is None else gx.view(input.shape), input),
+        _or_empty(gw, input),
+        _or_empty(gb, input),
+    )
 
 
-@token_logprobs_backward.register_fake
-def _token_logprobs_backward_fake(
-    grad, input, weight, bias, target, logp, lse, ignore_index, chunk_size, needs
+@token_values_backward.register_fake
+def _token_values_backward_fake(
+    grad,
+    input,
+    weight,
+    bias,
+    target,
+    ref_input,
+    ref_weight,
+    ref_bias,
+    stats,
+    family,
+    family_params,
+    ignore_index,
+    chunk_size,
+    needs,
 ):
     return _fake_grads(input, weight, bias, needs)
 
 
-def _token_logprobs_setup(ctx, inputs, output) -> None:
-    input, weight, bias, target, ignore_index, chunk_size = inputs
-    ctx.save_for_backward(input, weight, bias, target, *output)
-    ctx.ignore_index, ctx.chunk_size = ignore_index, chunk_size
-
-
-def _token_logprobs_grad(ctx, grad_logp: Tensor, grad_lse: Tensor):
-    input, weight, bias, target, logp, lse = ctx.saved_tensors
-    needs = [bool(n) for n in ctx.needs_input_grad[:3]]
-    grads = token_logprobs_backward(
-        grad_logp, input, weight, bias, target, logp, lse, ctx.ignore_index, ctx.chunk_size, needs
+def _token_values_setup(ctx, inputs, output) -> None:
+    input, weight, bias, target, ref_input, ref_weight, ref_bias, family, fparams, ignore_index, chunk = (
+        inputs
     )
-    return (*(g if n else None for g, n in zip(grads, needs, strict=True)), None, None, None)
+    ctx.save_for_backward(input, weight, bias, target, ref_input, ref_weight, ref_bias, output[1])
+    ctx.options = (family, fparams, ignore_index, chunk)
 
 
-token_logprobs.register_autograd(_token_logprobs_grad, setup_context=_token_logprobs_setup)
+def _token_values_grad(ctx, grad_values: Tensor, grad_stats: Tensor):
+    *tensors, stats = ctx.saved_tensors
+    family, fparams, ignore_index, chunk = ctx.options
+    needs = [bool(n) for n in ctx.needs_input_grad[:3]]
+    grads = token_values_backward(grad_values, *tensors, stats, family, fparams, ignore_index, chunk, needs)
+    return (*(g if n else None for g, n in zip(grads, needs, strict=True)), *(None,) * 8)
+
+
+token_values.register_autograd(_token_values_grad, setup_context=_token_values_setup)
+
+
+# ------------------------------------------------------------------ single-pass losses
+
+
+def _prescaled_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*output[1:])
+    ctx.n_inputs = len(inputs)
+
+
+def _prescaled_grad(ctx, grad_loss: Tensor, *unused: Tensor):
+    """The op returned d loss / d (input, weight, bias): scale them by the incoming gradient."""
+    grads = [
+        g * grad_loss.to(g.dtype) if n else None
+        for g, n in zip(ctx.saved_tensors, ctx.needs_input_grad[:3], strict=True)
+    ]
+    return (*grads, *(None,) * (ctx.n_inputs - 3))
+
+
+def _loss_outputs(input: Tensor, result) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    loss, gx, gw, gb = result
+    return (
+        loss,
+        _or_empty(None if gx is None else gx.view(input.shape), input),
+        _or_empty(gw, input),
+        _or_empty(gb, input),
+    )
+
+
+def _fake_loss(input, weight, bias, needs):
+    return (input.new_empty((), dtype=_acc(input)), *_fake_grads(input, weight, bias, needs))
 
 
 @torch.library.custom_op("unlearnx::sequence_loss", mutates_args=())
@@ -120,6 +250,9 @@ def sequence_loss(
     weight: Tensor,
     bias: Tensor | None,
     target: Tensor,
+    ref_input: Tensor | None,
+    ref_weight: Tensor | None,
+    ref_bias: Tensor | None,
     params: Tensor | None,
     objective: str,
     hparams: list[float],
@@ -128,29 +261,147 @@ def sequence_loss(
     chunk_size: int | None,
     needs: list[bool],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    loss, *grads = _chunked.sequence_loss(
-        input, weight, bias, target, params, objective, hparams, ignore_index, reduction, chunk_size, needs
+    obj = _chunked.OBJECTIVES[objective]
+    p = _chunked.build(
+        input,
+        weight,
+        bias,
+        target,
+        ref_input,
+        ref_weight,
+        ref_bias,
+        obj.family,
+        obj.family_params(hparams),
+        ignore_index,
+        needs,
     )
-    return (loss, *(_or_empty(g, input) for g in grads))
+    return _loss_outputs(input, _chunked.sequence_loss(p, params, objective, hparams, reduction, chunk_size))
 
 
 @sequence_loss.register_fake
 def _sequence_loss_fake(
-    input, weight, bias, target, params, objective, hparams, ignore_index, reduction, chunk_size, needs
+    input,
+    weight,
+    bias,
+    target,
+    ref_input,
+    ref_weight,
+    ref_bias,
+    params,
+    objective,
+    hparams,
+    ignore_index,
+    reduction,
+    chunk_size,
+    needs,
 ):
-    return (input.new_empty((), dtype=_acc(input)), *_fake_grads(input, weight, bias, needs))
+    return _fake_loss(input, weight, bias, needs)
 
 
-def _sequence_loss_setup(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*output[1:])
+sequence_loss.register_autograd(_prescaled_grad, setup_context=_prescaled_setup)
 
 
-def _sequence_loss_grad(ctx, grad_loss: Tensor, *unused: Tensor):
-    grads = [
-        g * grad_loss.to(g.dtype) if n else None
-        for g, n in zip(ctx.saved_tensors, ctx.needs_input_grad[:3], strict=True)
-    ]
-    return (*grads, *(None,) * 8)
+@torch.library.custom_op("unlearnx::dto_loss", mutates_args=())
+def dto_loss(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Tensor,
+    ref_input: Tensor,
+    ref_weight: Tensor,
+    ref_bias: Tensor | None,
+    target_mask: Tensor,
+    beta: float,
+    kl_weight: float,
+    ignore_index: int,
+    chunk_size: int | None,
+    needs: list[bool],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    p = _chunked.build(
+        input, weight, bias, target, ref_input, ref_weight, ref_bias, "kl", [], ignore_index, needs
+    )
+    return _loss_outputs(input, _chunked.dto_loss(p, target_mask, beta, kl_weight, chunk_size))
 
 
-sequence_loss.register_autograd(_sequence_loss_grad, setup_context=_sequence_loss_setup)
+@dto_loss.register_fake
+def _dto_loss_fake(
+    input,
+    weight,
+    bias,
+    target,
+    ref_input,
+    ref_weight,
+    ref_bias,
+    target_mask,
+    beta,
+    kl_weight,
+    ignore_index,
+    chunk_size,
+    needs,
+):
+    return _fake_loss(input, weight, bias, needs)
+
+
+dto_loss.register_autograd(_prescaled_grad, setup_context=_prescaled_setup)
+
+
+# ------------------------------------------------------------------ flattening margins
+
+
+@torch.library.custom_op("unlearnx::flatten_margins", mutates_args=())
+def flatten_margins(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Tensor,
+    ignore_index: int,
+    chunk_size: int | None,
+) -> tuple[Tensor, Tensor]:
+    p = _chunked.build(
+        input[None],
+        weight,
+        bias,
+        target[None],
+        None,
+        None,
+        None,
+        "max",
+        [],
+        ignore_index,
+        (False, False, False),
+    )
+    return _chunked.flatten_margins(p, chunk_size)
+
+
+@flatten_margins.register_fake
+def _flatten_margins_fake(input, weight, bias, target, ignore_index, chunk_size):
+    n = input.shape[0]
+    return input.new_empty(n, dtype=_acc(input)), input.new_empty(n, dtype=torch.int64)
+
+
+@torch.library.custom_op("unlearnx::flatten_margins_backward", mutates_args=())
+def flatten_margins_backward(
+    grad: Tensor, input: Tensor, weight: Tensor, bias: Tensor | None, argmax: Tensor, needs: list[bool]
+) -> tuple[Tensor, Tensor, Tensor]:
+    grads = _chunked.flatten_backward(grad, input, weight, bias, argmax, needs)
+    return tuple(_or_empty(g, input) for g in grads)
+
+
+@flatten_margins_backward.register_fake
+def _flatten_margins_backward_fake(grad, input, weight, bias, argmax, needs):
+    return _fake_grads(input, weight, bias, needs)
+
+
+def _flatten_setup(ctx, inputs, output) -> None:
+    input, weight, bias, *_ = inputs
+    ctx.save_for_backward(input, weight, bias, output[1])
+
+
+def _flatten_grad(ctx, grad_margin: Tensor, grad_argmax: Tensor | None):
+    input, weight, bias, argmax = ctx.saved_tensors
+    needs = [bool(n) for n in ctx.needs_input_grad[:3]]
+    grads = flatten_margins_backward(grad_margin, input, weight, bias, argmax, needs)
+    return (*(g if n else None for g, n in zip(grads, needs, strict=True)), None, None, None)
+
+
+flatten_margins.register_autograd(_flatten_grad, setup_context=_flatten_setup)

@@ -19,9 +19,10 @@ class _FusedLoss(nn.Module):
         self.options = options
 
     def forward(
-        self, input: Tensor, weight: Tensor, target: Tensor, *args: Tensor, bias: Tensor | None = None
+        self, input: Tensor, weight: Tensor, target: Tensor, *args: Tensor, **tensors: Tensor | None
     ) -> Tensor:
-        return type(self)._fn(input, weight, target, *args, bias=bias, **self.options)
+        """``args``: the loss's extra positional tensors; ``tensors``: ``bias`` / ``ref_bias``."""
+        return type(self)._fn(input, weight, target, *args, **tensors, **self.options)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
@@ -78,3 +79,70 @@ class SimNPOLoss(_FusedLoss):
             reduction=reduction,
             chunk_size=chunk_size,
         )
+
+
+class MarginFlattenLoss(_FusedLoss):
+    """Fused :func:`~unlearnx.functional.margin_flatten_loss`;
+    ``forward(input, weight, target, bias=None)``."""
+
+    _fn = staticmethod(functional.margin_flatten_loss)
+
+    def __init__(
+        self, *, ignore_index: int = -100, reduction: str = "mean", chunk_size: int | None = None
+    ) -> None:
+        super().__init__(ignore_index=ignore_index, reduction=reduction, chunk_size=chunk_size)
+
+
+class KLLoss(_FusedLoss):
+    """Fused :func:`~unlearnx.functional.kl_loss`;
+    ``forward(input, weight, target, ref_input, ref_weight, bias=None, ref_bias=None)``."""
+
+    _fn = staticmethod(functional.kl_loss)
+
+    def __init__(
+        self, *, ignore_index: int = -100, reduction: str = "mean", chunk_size: int | None = None
+    ) -> None:
+        super().__init__(ignore_index=ignore_index, reduction=reduction, chunk_size=chunk_size)
+
+
+class DiPOLoss(_FusedLoss):
+    """Fused :func:`~unlearnx.functional.dipo_loss` (a reconstruction of the paper);
+    ``forward(input, weight, target, ref_input, ref_weight, bias=None, ref_bias=None)``."""
+
+    _fn = staticmethod(functional.dipo_loss)
+
+    def __init__(
+        self,
+        *,
+        top_k: int = 1,
+        shift: float = 1.0,
+        beta: float = 1.0,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__(
+            top_k=top_k,
+            shift=shift,
+            beta=beta,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            chunk_size=chunk_size,
+        )
+
+
+class DTOLoss(_FusedLoss):
+    """Fused :func:`~unlearnx.functional.dto_loss` (a reconstruction of the paper);
+    ``forward(input, weight, target, ref_input, ref_weight, target_mask, bias=None, ref_bias=None)``."""
+
+    _fn = staticmethod(functional.dto_loss)
+
+    def __init__(
+        self,
+        *,
+        beta: float = 0.1,
+        kl_weight: float = 1.0,
+        ignore_index: int = -100,
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__(beta=beta, kl_weight=kl_weight, ignore_index=ignore_index, chunk_size=chunk_size)

@@ -1,0 +1,131 @@
+"""Row-kernel families: what the statistics and gradient kernels of a loss compute.
+
+A family turns a chunk of policy logits ``z [C, V]`` (and, for reference-based losses,
+reference logits ``r [C, V]``) into per-row statistics, names the per-token *value* a loss
+is built on, and rewrites ``z`` in place into ``dL/dz`` given per-row coefficients
+``dL/dvalue``. The chunk driver (``_chunked``) is the same for every family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+Stats = tuple[Tensor, ...]
+
+
+class LogProb:
+    """value = log p(target). stats = (lse, logp)."""
+
+    needs_ref = False
+
+    def stats(self, z: Tensor, r: Tensor | None, t: Tensor) -> Stats:
+        return tuple(torch.ops.unlearnx.lse_stats(z, t))
+
+    def value(self, stats: Stats) -> Tensor:
+        return stats[1]
+
+    def grad_(self, z: Tensor, r: Tensor | None, t: Tensor, stats: Stats, coef: Tensor) -> None:
+        torch.ops.unlearnx.logprob_grad_(z, t, stats[0], stats[1], coef)
+
+
+class Reference:
+    """Policy and frozen reference rows. value = KL(pi_ref || pi) per token.
+    stats = (lse, ref_lse, logp, ref_logp, kl). ``grad_`` takes one coefficient (on KL)
+    or a pair ``(a, c)``: the gradient of ``a * log p(target) + c * KL``."""
+
+    needs_ref = True
+
+    def stats(self, z: Tensor, r: Tensor | None, t: Tensor) -> Stats:
+        return tuple(torch.ops.unlearnx.ref_stats(z, r, t))
+
+    def value(self, stats: Stats) -> Tensor:
+        return stats[4]
+
+    def grad_(
+        self, z: Tensor, r: Tensor | None, t: Tensor, stats: Stats, coef: Tensor | Sequence[Tensor]
+    ) -> None:
+        a, c = (torch.zeros_like(coef), coef) if isinstance(coef, Tensor) else coef
+        lse, ref_lse, logp, ref_logp, _ = stats
+        torch.ops.unlearnx.ref_grad_(z, r, t, lse, ref_lse, logp, ref_logp, a, c)
+
+
+class Dipo:
+    """DiPO rows (reconstruction, see ``functional.dipo_loss``): value = Delta_t =
+    <q+ - q-, z - r> for q+- = softmax(r -+ shift 1_H), H the ``top_k`` largest entries
+    of r. stats = (ref_max, s_plus, s_minus, delta)."""
+
+    needs_ref = True
+
+    def __init__(self, top_k: int, shift: float) -> None:
+        self.top_k, self.shift = top_k, shift
+
+    def _top(self, r: Tensor) -> Tensor:
+        return r.topk(min(self.top_k, r.shape[1]), dim=1).indices.contiguous()
+
+    def stats(self, z: Tensor, r: Tensor | None, t: Tensor) -> Stats:
+        return tuple(torch.ops.unlearnx.dipo_stats(z, r, self._top(r), self.shift))
+
+    def value(self, stats: Stats) -> Tensor:
+        return stats[3]
+
+    def grad_(self, z: Tensor, r: Tensor | None, t: Tensor, stats: Stats, coef: Tensor) -> None:
+        ref_max, s_plus, s_minus, _ = stats
+        torch.ops.unlearnx.dipo_grad_(z, r, self._top(r), ref_max, s_plus, s_minus, self.shift, coef)
+
+
+class Max:
+    """Row maximum and its first index (logit-margin flattening). Statistics only: the
+    flattening gradient is sparse plus rank one and never touches the logits."""
+
+    needs_ref = False
+
+    def stats(self, z: Tensor, r: Tensor | None, t: Tensor) -> Stats:
+        return tuple(torch.ops.unlearnx.max_stats(z))
+
+    def value(self, stats: Stats) -> Tensor:
+        return stats[0]
+
+    def grad_(self, z: Tensor, r: Tensor | None, t: Tensor, stats: Stats, coef: Tensor) -> None:
+        raise NotImplementedError("flattening gradients do not go through the logits")
+
+
+class TargetScore:
+    """Forward-only per-token scores of a (reference) model for DTO's target selection.
+    stats = (lse, logp, margin): margin = z_target - max_{v != target} z_v, from the
+    statistics kernel and a top-2 of the chunk."""
+
+    needs_ref = False
+
+    def stats(self, z: Tensor, r: Tensor | None, t: Tensor) -> Stats:
+        lse, logp = torch.ops.unlearnx.lse_stats(z, t)
+        acc = lse.dtype
+        if z.shape[1] == 1:
+            return lse, logp, torch.zeros_like(lse)
+        top = z.topk(2, dim=1)
+        best_other = torch.where(top.indices[:, 0] == t, top.values[:, 1], top.values[:, 0]).to(acc)
+        return lse, logp, z.gather(1, t[:, None]).squeeze(1).to(acc) - best_other
+
+    def value(self, stats: Stats) -> Tensor:
+        return stats[2]
+
+    def grad_(self, z: Tensor, r: Tensor | None, t: Tensor, stats: Stats, coef: Tensor) -> None:
+        raise NotImplementedError("target scores are forward-only")
+
+
+def make(name: str, params: Sequence[float]):
+    """The family ``name`` with its parameters (``dipo``: top_k, shift)."""
+    if name == "logp":
+        return LogProb()
+    if name == "kl":
+        return Reference()
+    if name == "dipo":
+        top_k, shift = params
+        return Dipo(int(top_k), float(shift))
+    if name == "max":
+        return Max()
+    if name == "target_score":
+        return TargetScore()
+    raise ValueError(f"unknown row family {name!r}")
