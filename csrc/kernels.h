@@ -52,16 +52,6 @@ inline void check_pair(const at::Tensor& ref_logits, const at::Tensor& logits) {
                     logits.device());
 }
 
-inline void check_top_idx(const at::Tensor& top_idx, const at::Tensor& logits) {
-  TORCH_CHECK_TYPE(top_idx.scalar_type() == c10::kLong, "top_idx: expected int64, got ", top_idx.scalar_type());
-  TORCH_CHECK_VALUE(top_idx.dim() == 2 && top_idx.size(0) == logits.size(0) && top_idx.size(1) >= 1 &&
-                        top_idx.size(1) <= logits.size(1) && top_idx.is_contiguous(),
-                    "top_idx: expected a contiguous [", logits.size(0), ", k] tensor with 1 <= k <= V, got ",
-                    top_idx.sizes());
-  TORCH_CHECK_VALUE(top_idx.device() == logits.device(), "top_idx: on ", top_idx.device(), ", logits on ",
-                    logits.device());
-}
-
 // Every row kernel, for each device: DEVICE is cpu or cuda.
 #define UNLEARNX_ROW_KERNELS(DEVICE)                                                                             \
   std::tuple<at::Tensor, at::Tensor> lse_stats_##DEVICE(const at::Tensor& logits, const at::Tensor& target);    \
@@ -74,16 +64,16 @@ inline void check_top_idx(const at::Tensor& top_idx, const at::Tensor& logits) {
                             const at::Tensor& lse, const at::Tensor& ref_lse, const at::Tensor& logp,           \
                             const at::Tensor& ref_logp, const at::Tensor& a, const at::Tensor& c);              \
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dipo_stats_##DEVICE(                               \
-      const at::Tensor& logits, const at::Tensor& ref_logits, const at::Tensor& top_idx, double shift);         \
-  void dipo_grad_##DEVICE##_(const at::Tensor& logits, const at::Tensor& ref_logits, const at::Tensor& top_idx, \
-                             const at::Tensor& ref_max, const at::Tensor& s_plus, const at::Tensor& s_minus,    \
+      const at::Tensor& logits, const at::Tensor& ref_logits, const at::Tensor& threshold, double shift);       \
+  void dipo_grad_##DEVICE##_(const at::Tensor& logits, const at::Tensor& ref_logits, const at::Tensor& threshold, \
+                             const at::Tensor& ref_max, const at::Tensor& s_out, const at::Tensor& s_in,        \
                              double shift, const at::Tensor& coef);
 
 // lse_stats: (lse, log p(target)) per row. logprob_grad_: logits <- coef * d log p(target)/dz.
 // max_stats: (max, first argmax) per row. ref_stats: (lse, ref_lse, log p(target),
 // log p_ref(target), KL(softmax(ref) || softmax(logits))). ref_grad_: logits <- d/dz of
-// a * log p(target) + c * KL. dipo_stats: (ref_max, s+, s-, Delta) per row for the top-k set
-// top_idx of ref_logits. dipo_grad_: logits <- coef * (q+ - q-).
+// a * log p(target) + c * KL. dipo_stats: (ref_max, s_out, s_in, Delta) per row, H = the
+// entries of ref_logits >= threshold (per row). dipo_grad_: logits <- coef * (q+ - q-).
 UNLEARNX_ROW_KERNELS(cpu)
 #ifdef UNLEARNX_WITH_CUDA
 UNLEARNX_ROW_KERNELS(cuda)

@@ -19,11 +19,11 @@ TORCH_LIBRARY(unlearnx, m) {
       "ref_grad_(Tensor(a!) logits, Tensor ref_logits, Tensor target, Tensor lse, Tensor ref_lse, Tensor logp, "
       "Tensor ref_logp, Tensor a, Tensor c) -> ()");
   m.def(
-      "dipo_stats(Tensor logits, Tensor ref_logits, Tensor top_idx, float shift) -> "
-      "(Tensor ref_max, Tensor s_plus, Tensor s_minus, Tensor delta)");
+      "dipo_stats(Tensor logits, Tensor ref_logits, Tensor threshold, float shift) -> "
+      "(Tensor ref_max, Tensor s_out, Tensor s_in, Tensor delta)");
   m.def(
-      "dipo_grad_(Tensor(a!) logits, Tensor ref_logits, Tensor top_idx, Tensor ref_max, Tensor s_plus, "
-      "Tensor s_minus, float shift, Tensor coef) -> ()");
+      "dipo_grad_(Tensor(a!) logits, Tensor ref_logits, Tensor threshold, Tensor ref_max, Tensor s_out, "
+      "Tensor s_in, float shift, Tensor coef) -> ()");
 }
 
 #define UNLEARNX_REGISTER(DEVICE)                                  \

@@ -24,6 +24,14 @@ class Problem:
     b: torch.Tensor | None  # (V,)
     t: torch.Tensor  # (B, T)
     ref_logps: torch.Tensor  # (B,) fp32
+    xr: torch.Tensor  # (B, T, D) reference model's hidden states (a perturbed policy)
+    wr: torch.Tensor  # (V, D) reference head
+    br: torch.Tensor | None  # (V,)
+    mask: torch.Tensor  # (B, T) bool, DTO target tokens
+
+    def ref(self, dtype: torch.dtype) -> list[torch.Tensor | None]:
+        """Reference-model tensors rounded to ``dtype`` (no grad)."""
+        return [None if p is None else p.to(dtype) for p in (self.xr, self.wr, self.br)]
 
     def leaves(self, dtype: torch.dtype) -> list[torch.Tensor]:
         """Fresh leaf tensors in ``dtype`` (values rounded to it) that require grad."""
@@ -54,7 +62,16 @@ def make_problem(
     t[torch.rand(B, T, generator=g) < ignore_frac] = IGNORE
     valid = (t != IGNORE).sum(-1)
     ref = -valid.double() * math.log(V) + torch.randn(B, generator=g, dtype=torch.float64) * 3.0
+    xr = x + 0.3 * torch.randn(x.shape, generator=g, dtype=torch.float64)
+    wr = w + 0.2 * torch.randn(w.shape, generator=g, dtype=torch.float64) / math.sqrt(D)
+    br = None if b is None else b + 0.1 * torch.randn(V, generator=g, dtype=torch.float64)
+    mask = torch.rand(B, T, generator=g) < 0.4
     dev = torch.device(device)
     return Problem(
-        x.to(dev), w.to(dev), None if b is None else b.to(dev), t.to(dev), ref.to(dev, torch.float32)
+        *(None if u is None else u.to(dev) for u in (x, w, b, t)),
+        ref.to(dev, torch.float32),
+        xr.to(dev),
+        wr.to(dev),
+        None if br is None else br.to(dev),
+        mask.to(dev),
     )

@@ -22,24 +22,38 @@ class Case:
     name: str
     fused: Callable
     ref: Callable
-    uses_ref_logps: bool = False
+    extra: str = ""  # "ref_logps": NPO's reference sums; "ref": a reference model; "dto": model + mask
     kwargs: tuple = ()
+    reduces: bool = True
 
-    def call(self, fn: Callable, p: Problem, x, w, b, **kw):
-        args = (p.ref_logps.to(x.device),) if self.uses_ref_logps else ()
+    def call(self, fn: Callable, p: Problem, x, w, b, ref_round: torch.dtype | None = None, **kw):
+        """``ref_round``: round the reference model to that dtype first (for an fp64 truth)."""
+        args: tuple = ()
+        if self.extra == "ref_logps":
+            args = (p.ref_logps.to(x.device),)
+        elif self.extra in ("ref", "dto"):
+            xr, wr, br = (None if u is None else u.to(x.dtype) for u in p.ref(ref_round or x.dtype))
+            args = (xr, wr, p.mask) if self.extra == "dto" else (xr, wr)
+            kw = {**kw, "ref_bias": None if b is None else br}
         return fn(x, w, p.t, *args, bias=b, **dict(self.kwargs), **kw)
 
 
 CASES = [
-    Case("token_logprobs", F.token_logprobs, R.token_logprobs),
+    Case("token_logprobs", F.token_logprobs, R.token_logprobs, reduces=False),
     Case("nll", F.nll_loss, R.nll_loss),
-    Case("npo", F.npo_loss, R.npo_loss, uses_ref_logps=True, kwargs=(("beta", 0.5),)),
+    Case("npo", F.npo_loss, R.npo_loss, extra="ref_logps", kwargs=(("beta", 0.5),)),
     # beta 0.5 keeps the sigmoid unsaturated at these sizes (at 2.5 the loss is ~1e-9 and
     # any ulp of S is amplified ~20x, which says nothing about either implementation)
     Case("simnpo", F.simnpo_loss, R.simnpo_loss, kwargs=(("beta", 0.5), ("gamma", 0.3))),
+    Case("flatten", F.margin_flatten_loss, R.margin_flatten_loss),
+    Case("kl", F.kl_loss, R.kl_loss, extra="ref"),
+    Case("dipo", F.dipo_loss, R.dipo_loss, extra="ref", kwargs=(("top_k", 3), ("shift", 0.7), ("beta", 0.5))),
+    Case(
+        "dto", F.dto_loss, R.dto_loss, extra="dto", kwargs=(("beta", 0.3), ("kl_weight", 0.7)), reduces=False
+    ),
 ]
 IDS = [c.name for c in CASES]
-REDUCING = [c for c in CASES if c.name != "token_logprobs"]
+REDUCING = [c for c in CASES if c.reduces]
 
 
 def _sum_logps(fn: Callable) -> Callable:
@@ -50,13 +64,16 @@ def _sum_logps(fn: Callable) -> Callable:
     return wrapped
 
 
-CASES.append(Case("sequence_logprobs", _sum_logps(F.sequence_logprobs), _sum_logps(R.sequence_logprobs)))
+CASES.append(
+    Case("sequence_logprobs", _sum_logps(F.sequence_logprobs), _sum_logps(R.sequence_logprobs), reduces=False)
+)
 IDS.append("sequence_logprobs")
 
 
 def _loss_and_grads(case: Case, fn: Callable, p: Problem, params: list[torch.Tensor], **kw):
     x, w, *b = params
     out = case.call(fn, p, x, w, b[0] if b else None, **kw)
+    params = [t for t in params if t.requires_grad]
     # a fixed, uneven upstream gradient exercises per-token / per-sequence backward
     upstream = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype, device=out.device).view(out.shape)
     grads = torch.autograd.grad((out * upstream).sum(), params)
@@ -104,7 +121,10 @@ def test_gradcheck(case: Case, chunk_size: int | None) -> None:
 ERR_SLACK = {torch.float32: 8, torch.bfloat16: 8, torch.float16: 8}
 
 
-@pytest.mark.parametrize("case", [*REDUCING, CASES[0]], ids=[*(c.name for c in REDUCING), "token_logprobs"])
+LOW_PRECISION = [c for c in CASES if c.name != "sequence_logprobs"]
+
+
+@pytest.mark.parametrize("case", LOW_PRECISION, ids=[c.name for c in LOW_PRECISION])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
     "shape", [dict(B=2, T=33, D=64, V=1031), dict(B=1, T=1, D=32, V=513)], ids=["odd_V", "N1"]
@@ -117,7 +137,9 @@ def test_low_precision_error_no_worse_than_reference(case, dtype, shape, peaked)
     given element is luck (the fused path rounds dW per chunk and uses its own exp)."""
     p = make_problem(**shape, peaked=peaked, ignore_frac=0.0 if shape["T"] == 1 else 0.25, seed=3)
     params = p.leaves(dtype)
-    truth = _loss_and_grads(case, case.ref, p, [t.detach().double().requires_grad_() for t in params])
+    truth = _loss_and_grads(
+        case, case.ref, p, [t.detach().double().requires_grad_() for t in params], ref_round=dtype
+    )
     fused = _loss_and_grads(case, case.fused, p, p.leaves(dtype), chunk_size=16)
     ref = _loss_and_grads(case, case.ref, p, p.leaves(dtype))
     for name, f, r, t in zip(("value", "d_input", "d_weight", "d_bias"), fused, ref, truth, strict=True):
@@ -349,7 +371,9 @@ def test_cuda_matches_reference(case: Case, dtype: torch.dtype, chunk_size: int 
     assert CUDA
     p = make_problem(B=4, T=40, D=64, V=32003, device="cuda", seed=5)
     params = p.leaves(dtype)
-    truth = _loss_and_grads(case, case.ref, p, [t.detach().double().requires_grad_() for t in params])
+    truth = _loss_and_grads(
+        case, case.ref, p, [t.detach().double().requires_grad_() for t in params], ref_round=dtype
+    )
     fused = _loss_and_grads(case, case.fused, p, p.leaves(dtype), chunk_size=chunk_size)
     ref = _loss_and_grads(case, case.ref, p, p.leaves(dtype))
     for name, f, r, t in zip(("value", "d_input", "d_weight", "d_bias"), fused, ref, truth, strict=True):

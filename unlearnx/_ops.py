@@ -74,18 +74,18 @@ def _ref_grad_fake(logits, ref_logits, target, lse, ref_lse, logp, ref_logp, a, 
 
 
 @torch.library.register_fake("unlearnx::dipo_stats")
-def _dipo_stats_fake(logits, ref_logits, top_idx, shift):
+def _dipo_stats_fake(logits, ref_logits, threshold, shift):
     return tuple(logits.new_empty(logits.shape[0], dtype=_acc(logits)) for _ in range(4))
 
 
 @torch.library.register_fake("unlearnx::dipo_grad_")
-def _dipo_grad_fake(logits, ref_logits, top_idx, ref_max, s_plus, s_minus, shift, coef) -> None:
+def _dipo_grad_fake(logits, ref_logits, threshold, ref_max, s_out, s_in, shift, coef) -> None:
     return None
 
 
 # ------------------------------------------------------------------ token values (two-pass)
 
-_N_STATS = {"logp": 2, "kl": 5, "dipo": 4, "target_score": 3}
+_N_STATS = {"logp": 2, "kl": 5, "dipo": 5, "target_score": 3}
 
 
 @torch.library.custom_op("unlearnx::token_values", mutates_args=())

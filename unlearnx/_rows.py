@@ -54,26 +54,26 @@ class Reference:
 
 class Dipo:
     """DiPO rows (reconstruction, see ``functional.dipo_loss``): value = Delta_t =
-    <q+ - q-, z - r> for q+- = softmax(r -+ shift 1_H), H the ``top_k`` largest entries
-    of r. stats = (ref_max, s_plus, s_minus, delta)."""
+    <q+ - q-, z - r> for q+- = softmax(r -+ shift 1_H), H the entries of r at least as
+    large as its ``top_k``-th largest (ties included). stats = (ref_max, s_out, s_in,
+    delta, threshold)."""
 
     needs_ref = True
 
     def __init__(self, top_k: int, shift: float) -> None:
         self.top_k, self.shift = top_k, shift
 
-    def _top(self, r: Tensor) -> Tensor:
-        return r.topk(min(self.top_k, r.shape[1]), dim=1).indices.contiguous()
-
     def stats(self, z: Tensor, r: Tensor | None, t: Tensor) -> Stats:
-        return tuple(torch.ops.unlearnx.dipo_stats(z, r, self._top(r), self.shift))
+        acc = torch.float64 if r.dtype == torch.float64 else torch.float32
+        threshold = r.topk(min(self.top_k, r.shape[1]), dim=1).values[:, -1].to(acc)
+        return (*torch.ops.unlearnx.dipo_stats(z, r, threshold, self.shift), threshold)
 
     def value(self, stats: Stats) -> Tensor:
         return stats[3]
 
     def grad_(self, z: Tensor, r: Tensor | None, t: Tensor, stats: Stats, coef: Tensor) -> None:
-        ref_max, s_plus, s_minus, _ = stats
-        torch.ops.unlearnx.dipo_grad_(z, r, self._top(r), ref_max, s_plus, s_minus, self.shift, coef)
+        ref_max, s_out, s_in, _, threshold = stats
+        torch.ops.unlearnx.dipo_grad_(z, r, threshold, ref_max, s_out, s_in, self.shift, coef)
 
 
 class Max:

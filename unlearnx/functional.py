@@ -469,7 +469,8 @@ def dipo_loss(
     distribution-level rewards, a Bradley-Terry preference, sequence KL). Not tested for
     parity with the authors' code.
 
-    With reference logits ``r_t`` and ``H_t`` its ``top_k`` largest entries,
+    With reference logits ``r_t`` and ``H_t`` its ``top_k`` largest entries (entries tied
+    with the ``top_k``-th largest value are all in ``H_t``),
     ``q+ = softmax(r - shift 1_H)`` (forgetting-promoting), ``q- = softmax(r + shift 1_H)``
     (memory-promoting), ``Delta_t = KL(q-||pi) - KL(q+||pi) - KL(q-||pi_ref) + KL(q+||pi_ref)
     = <q+ - q-, z_t - r_t>``, and per sequence ``L = -log sigmoid(beta sum_t Delta_t)`` over

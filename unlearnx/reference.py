@@ -153,7 +153,7 @@ def dipo_loss(
     log_p = _logits(input, weight, bias).log_softmax(-1)
     with torch.no_grad():
         r = _logits(ref_input, ref_weight, ref_bias)
-        in_top = torch.zeros_like(r).scatter_(-1, r.topk(top_k, dim=-1).indices, 1.0)
+        in_top = (r >= r.topk(top_k, dim=-1).values[..., -1:]).to(r.dtype)  # ties at the k-th value included
         log_ref = r.log_softmax(-1)
         log_plus = (r - shift * in_top).log_softmax(-1)
         log_minus = (r + shift * in_top).log_softmax(-1)

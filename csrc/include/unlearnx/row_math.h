@@ -144,9 +144,13 @@ UNLX_HD RefRowStats<acc_t> finish_ref_row(acc_t m_z, acc_t s_z_other, acc_t z_ta
                                           acc_t r_target, acc_t cross) {
   const RowStats<acc_t> pz = finish_row(SoftmaxPartial<acc_t>{m_z, s_z_other}, z_target);
   const RowStats<acc_t> pr = finish_row(SoftmaxPartial<acc_t>{m_r, s_r_other}, r_target);
+  const acc_t s_z_all = exp_acc(z_target - m_z) + s_z_other;
   const acc_t s_r_all = exp_acc(r_target - m_r) + s_r_other;
-  // KL(q || p) = sum_v q_v (r_v - z_v) - lse_r + lse_z, q = softmax(r), p = softmax(z)
-  return {pz.lse, pr.lse, pz.logp_target, pr.logp_target, cross / s_r_all - pr.lse + pz.lse};
+  // KL(q || p) = sum_v q_v (r_v - z_v) + lse_z - lse_r, q = softmax(r), p = softmax(z), with
+  // lse_z - lse_r = (m_z - m_r) + log(s_z / s_r): the difference of the two log-sum-exps
+  // (each ~log V) would cancel to a few ulps of lse when the policy is near the reference.
+  const acc_t kl = cross / s_r_all + (m_z - m_r) + log_acc(s_z_all / s_r_all);
+  return {pz.lse, pr.lse, pz.logp_target, pr.logp_target, kl};
 }
 
 // d/dz of a * log p_y + c * KL(q || p), for a non-target column: (c - a) p_v - c q_v.
@@ -162,28 +166,29 @@ UNLX_HD acc_t ref_grad_target(acc_t logp, acc_t logp_ref, acc_t a, acc_t c) {
 }
 
 // ---------------------------------------------------------------- DiPO rows
-// q+ = softmax(r - shift 1_H), q- = softmax(r + shift 1_H) for the top-k set H of r.
-// With e_v = exp(r_v - m_r): s_out = sum_{v not in H} e_v, s_in = sum_{v in H} e_v,
-// a_out / a_in the same sums of e_v (z_v - r_v). Then s+- = s_out + exp(-+shift) s_in
-// and Delta = <q+ - q-, z - r>. (s_out is all-minus-H: its absolute error eps*s_in is
-// at most eps*exp(shift) relative to s+-, since both contain exp(-+shift) s_in.)
+// q+ = softmax(r - shift 1_H), q- = softmax(r + shift 1_H), where H holds the entries of r
+// at least as large as a per-row threshold (its k-th largest value). With e_v =
+// exp(r_v - m_r): s_out / s_in sum e_v outside / inside H, a_out / a_in sum e_v (z_v - r_v),
+// and s+- = s_out + exp(-+shift) s_in. Differences of the two shifted distributions are
+// written without cancellation (s_out is summed directly, never as all - inside):
+//   Delta = <q+ - q-, z - r> = 2 sinh(shift) (a_out s_in - a_in s_out) / (s+ s-)
+//   q+_v - q-_v = 2 sinh(shift) e_v s_in / (s+ s-)    outside H
+//               = -2 sinh(shift) e_v s_out / (s+ s-)  inside H
 template <typename acc_t>
-struct DipoRowStats {
-  acc_t s_plus, s_minus, delta;
-};
-
-template <typename acc_t>
-UNLX_HD DipoRowStats<acc_t> finish_dipo_row(acc_t s_out, acc_t s_in, acc_t a_out, acc_t a_in, acc_t shift) {
-  const acc_t down = exp_acc(-shift), up = exp_acc(shift);
-  const acc_t s_plus = s_out + down * s_in, s_minus = s_out + up * s_in;
-  return {s_plus, s_minus, (a_out + down * a_in) / s_plus - (a_out + up * a_in) / s_minus};
+UNLX_HD acc_t dipo_scale(acc_t s_out, acc_t s_in, acc_t shift) {
+  const acc_t s_plus = s_out + exp_acc(-shift) * s_in, s_minus = s_out + exp_acc(shift) * s_in;
+  return (expm1_acc(shift) - expm1_acc(-shift)) / (s_plus * s_minus);
 }
 
-// coef * (q+_v - q-_v); weight_plus/minus are 1 outside H and exp(-+shift) inside.
 template <typename acc_t>
-UNLX_HD acc_t dipo_grad(acc_t r, acc_t m_r, acc_t s_plus, acc_t s_minus, acc_t weight_plus, acc_t weight_minus,
-                        acc_t coef) {
-  return coef * exp_acc(r - m_r) * (weight_plus / s_plus - weight_minus / s_minus);
+UNLX_HD acc_t dipo_delta(acc_t s_out, acc_t s_in, acc_t a_out, acc_t a_in, acc_t shift) {
+  return dipo_scale(s_out, s_in, shift) * (a_out * s_in - a_in * s_out);
+}
+
+// coef * (q+_v - q-_v), given scale = dipo_scale(...) of the row.
+template <typename acc_t>
+UNLX_HD acc_t dipo_grad(acc_t r, bool in_top, acc_t m_r, acc_t s_out, acc_t s_in, acc_t scale, acc_t coef) {
+  return coef * scale * exp_acc(r - m_r) * (in_top ? -s_out : s_in);
 }
 
 }  // namespace unlearnx
