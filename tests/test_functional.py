@@ -242,6 +242,21 @@ def test_modules_match_functional() -> None:
     m = losses.SimNPOLoss(delta=0.1, reduction="sum")
     torch.testing.assert_close(m(x, w, p.t), F.simnpo_loss(x, w, p.t, delta=0.1, reduction="sum"))
     assert "delta=0.1" in repr(m)
+    xr, wr, br = p.ref(torch.float32)
+    torch.testing.assert_close(
+        losses.MarginFlattenLoss()(x, w, p.t, bias=b), F.margin_flatten_loss(x, w, p.t, bias=b)
+    )
+    torch.testing.assert_close(
+        losses.KLLoss(reduction="sum")(x, w, p.t, xr, wr, ref_bias=br),
+        F.kl_loss(x, w, p.t, xr, wr, ref_bias=br, reduction="sum"),
+    )
+    torch.testing.assert_close(
+        losses.DiPOLoss(top_k=2)(x, w, p.t, xr, wr), F.dipo_loss(x, w, p.t, xr, wr, top_k=2)
+    )
+    torch.testing.assert_close(
+        losses.DTOLoss(kl_weight=0.5)(x, w, p.t, xr, wr, p.mask),
+        F.dto_loss(x, w, p.t, xr, wr, p.mask, kl_weight=0.5),
+    )
 
 
 # --------------------------------------------------------------------------- bad input
@@ -266,6 +281,20 @@ def _bad_calls():
     yield "ref_logps", TypeError, lambda: F.npo_loss(x, w, t, r.long())
     yield "beta", ValueError, lambda: F.npo_loss(x, w, t, r, beta=0.0)
     yield "gamma, delta", ValueError, lambda: F.simnpo_loss(x, w, t, gamma=0.1, delta=0.1)
+    xr, wr = p.xr.float(), p.wr.float()
+    yield "ref_input", TypeError, lambda: F.kl_loss(x, w, t, xr.double(), wr)
+    yield "ref_input", ValueError, lambda: F.kl_loss(x, w, t, xr[:1], wr)
+    yield "ref_weight", ValueError, lambda: F.kl_loss(x, w, t, xr, wr[:5])
+    yield "ref_bias", ValueError, lambda: F.kl_loss(x, w, t, xr, wr, ref_bias=torch.zeros(3))
+    yield "top_k", ValueError, lambda: F.dipo_loss(x, w, t, xr, wr, top_k=0)
+    yield "top_k", ValueError, lambda: F.dipo_loss(x, w, t, xr, wr, top_k=14)
+    yield "shift", ValueError, lambda: F.dipo_loss(x, w, t, xr, wr, shift=-1.0)
+    yield "target_mask", TypeError, lambda: F.dto_loss(x, w, t, xr, wr, p.mask.int())
+    yield "kl_weight", ValueError, lambda: F.dto_loss(x, w, t, xr, wr, p.mask, kl_weight=-1)
+    yield "target_ratio", ValueError, lambda: F.dto_target_mask(xr, wr, t, target_ratio=1.5)
+    yield "suffix_ratio", ValueError, lambda: F.dto_target_mask(xr, wr, t, suffix_ratio=0.0)
+    yield "score", ValueError, lambda: F.dto_target_mask(xr, wr, t, score="entropy")
+    yield "score", ValueError, lambda: F.dto_target_mask(xr, wr, t, score=lambda s: s["logp"][:, :1])
 
 
 @pytest.mark.parametrize("arg,exc,call", list(_bad_calls()), ids=lambda v: v if isinstance(v, str) else "")
@@ -288,33 +317,56 @@ def test_non_finite_hidden_states_propagate() -> None:
 def test_opcheck_chunked_ops() -> None:
     p = make_problem(B=2, T=5, D=8, V=19)
     x, w, b = p.leaves(torch.float32)
-    x2, t1 = x.detach().reshape(-1, 8).requires_grad_(), p.t.reshape(-1)
-    torch.library.opcheck(torch.ops.unlearnx.token_logprobs.default, (x2, w, b, t1, IGNORE, 3))
-    torch.library.opcheck(torch.ops.unlearnx.token_logprobs.default, (x2, w, None, t1, IGNORE, None))
-    logp, lse = torch.ops.unlearnx.token_logprobs(x2.detach(), w.detach(), b.detach(), t1, IGNORE, 3)
-    torch.library.opcheck(
-        torch.ops.unlearnx.token_logprobs_backward.default,
-        (
-            torch.ones_like(logp),
-            x2.detach(),
+    xr, wr, br = p.ref(torch.float32)
+    none3 = (None, None, None)
+    for family, fp, ref in (
+        ("logp", [], none3),
+        ("kl", [], (xr, wr, br)),
+        ("dipo", [2.0, 0.5], (xr, wr, None)),
+    ):
+        for chunk in (3, None):
+            torch.library.opcheck(
+                torch.ops.unlearnx.token_values.default, (x, w, b, p.t, *ref, family, fp, IGNORE, chunk)
+            )
+        values, stats = torch.ops.unlearnx.token_values(
+            x.detach(), w.detach(), b.detach(), p.t, *ref, family, fp, IGNORE, 3
+        )
+        args = (
+            torch.ones_like(values),
+            x.detach(),
             w.detach(),
             b.detach(),
-            t1,
-            logp,
-            lse,
+            p.t,
+            *ref,
+            stats,
+            family,
+            fp,
             IGNORE,
             3,
             [True, True, False],
-        ),
-    )
-    for objective, params, hp in (
-        ("nll", None, []),
-        ("npo", p.ref_logps, [0.1]),
-        ("simnpo", None, [2.5, 0.0]),
+        )
+        torch.library.opcheck(torch.ops.unlearnx.token_values_backward.default, args)
+    needs = [True, True, True]
+    for objective, params, hp, ref in (
+        ("nll", None, [], none3),
+        ("npo", p.ref_logps, [0.1], none3),
+        ("simnpo", None, [2.5, 0.0], none3),
+        ("kl", None, [], (xr, wr, br)),
+        ("dipo", None, [1.0, 1.0, 1.0], (xr, wr, br)),
     ):
         for chunk in (2, None):
-            args = (x, w, b, p.t, params, objective, hp, IGNORE, "mean", chunk, [True, True, True])
+            args = (x, w, b, p.t, *ref, params, objective, hp, IGNORE, "mean", chunk, needs)
             torch.library.opcheck(torch.ops.unlearnx.sequence_loss.default, args)
+    torch.library.opcheck(
+        torch.ops.unlearnx.dto_loss.default, (x, w, b, p.t, xr, wr, br, p.mask, 0.1, 1.0, IGNORE, 4, needs)
+    )
+    x2, t1 = x.detach().reshape(-1, 8).requires_grad_(), p.t.reshape(-1)
+    torch.library.opcheck(torch.ops.unlearnx.flatten_margins.default, (x2, w, b, t1, IGNORE, 3))
+    _, argmax = torch.ops.unlearnx.flatten_margins(x2.detach(), w.detach(), b.detach(), t1, IGNORE, 3)
+    torch.library.opcheck(
+        torch.ops.unlearnx.flatten_margins_backward.default,
+        (torch.ones(10), x2.detach(), w.detach(), b.detach(), argmax, needs),
+    )
 
 
 def test_torch_compile_fullgraph() -> None:
@@ -413,3 +465,110 @@ def test_sequence_bounds_pack_whole_sequences() -> None:
     assert sequence_bounds(torch.tensor([3, 3, 3]), 6) == [(0, 6), (6, 9)]
     assert sequence_bounds(torch.tensor([8]), 7) is None
     assert sequence_bounds(torch.tensor([0, 0]), 7) == []
+
+
+# --------------------------------------------------------------------------- loss-specific properties
+
+
+def test_flatten_ties_send_the_gradient_to_the_first_maximum() -> None:
+    """Two identical head rows give every token a tied maximum when they win."""
+    p = make_problem(B=2, T=6, D=8, V=13, bias=False, ignore_frac=0.0)
+    w = p.w.clone()
+    w[7] = w[3]
+    x = (3.0 * w[3] / w[3].norm()).expand(2, 6, 8).clone() + 0.01 * p.x  # rows 3 and 7 are the max
+    z = x @ w.t()
+    assert torch.equal(z.argmax(-1), torch.full_like(p.t, 3)) and torch.equal(z[..., 3], z[..., 7])
+    xf, wf = x.clone().requires_grad_(), w.clone().requires_grad_()
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    gf = torch.autograd.grad(F.margin_flatten_loss(xf, wf, p.t, chunk_size=5), (xf, wf))
+    gr = torch.autograd.grad(R.margin_flatten_loss(xr, wr, p.t), (xr, wr))
+    for a, e in zip(gf, gr, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
+    # the weight gradient's sparse part lands on row 3 only: rows 7 and 5 get the rank-one part alone
+    torch.testing.assert_close(gf[1][7], gf[1][5])
+    assert not torch.allclose(gf[1][3], gf[1][7])
+
+
+def test_dipo_equals_log2_at_the_reference() -> None:
+    p = make_problem(B=3, T=7, D=8, V=29)
+    x, w, b = p.leaves(torch.float64)
+    loss = F.dipo_loss(
+        x, w, p.t, x.detach(), w.detach(), ref_bias=b.detach(), bias=b, top_k=2, shift=0.5, beta=2.0
+    )
+    torch.testing.assert_close(loss, torch.tensor(math.log(2), dtype=torch.float64))
+    # the gradient there is beta/2 * sum_t (q+ - q-) backpropagated, not zero
+    assert torch.autograd.grad(loss, x)[0].abs().max() > 1e-3
+
+
+def _token_npo(p: Problem, x, w, b, beta: float) -> torch.Tensor:
+    xr, wr, br = p.ref(torch.float64)
+    valid = p.t != IGNORE
+    logp = R.token_logprobs(x, w, p.t, bias=b)
+    ref_logp = R.token_logprobs(xr, wr, p.t, bias=br)
+    per = -(2 / beta) * torch.nn.functional.logsigmoid(-beta * (logp - ref_logp))
+    return torch.where(valid, per, torch.zeros_like(per)).sum() / valid.sum()
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0])
+def test_dto_extremes(ratio: float) -> None:
+    """target_ratio 0: KL alone (times kl_weight); 1: token-level NPO alone."""
+    p = make_problem(B=3, T=8, D=8, V=31)
+    xr, wr, br = p.ref(torch.float64)
+    mask = F.dto_target_mask(xr, wr, p.t, ref_bias=br, target_ratio=ratio)
+    assert mask.sum() == (0 if ratio == 0 else (p.t != IGNORE).sum())
+    x, w, b = p.leaves(torch.float64)
+    dto = F.dto_loss(x, w, p.t, xr, wr, mask, ref_bias=br, bias=b, beta=0.3, kl_weight=0.6)
+    x2, w2, b2 = p.leaves(torch.float64)
+    if ratio == 0:
+        alone = 0.6 * F.kl_loss(x2, w2, p.t, xr, wr, ref_bias=br, bias=b2)
+    else:
+        alone = _token_npo(p, x2, w2, b2, 0.3)
+    torch.testing.assert_close(dto, alone)
+    for a, e in zip(
+        torch.autograd.grad(dto, (x, w, b)), torch.autograd.grad(alone, (x2, w2, b2)), strict=True
+    ):
+        torch.testing.assert_close(a, e)
+
+
+@pytest.mark.parametrize(
+    "target_ratio,suffix_ratio,score", [(0.3, 1.0, "margin"), (0.5, 0.5, "logp"), (1.0, 0.3, "margin")]
+)
+def test_dto_target_mask_matches_a_direct_selection(target_ratio, suffix_ratio, score) -> None:
+    p = make_problem(B=4, T=11, D=8, V=23)
+    xr, wr, br = p.ref(torch.float64)
+    mask = F.dto_target_mask(
+        xr,
+        wr,
+        p.t,
+        ref_bias=br,
+        target_ratio=target_ratio,
+        suffix_ratio=suffix_ratio,
+        score=score,
+        chunk_size=5,
+    )
+    z = xr @ wr.t() + br
+    expected = torch.zeros_like(mask)
+    for b in range(4):
+        valid = [i for i in range(11) if p.t[b, i] != IGNORE]
+        suffix = valid[len(valid) - math.ceil(suffix_ratio * len(valid)) :]
+        scores = {}
+        for i in suffix:
+            y = int(p.t[b, i])
+            others = torch.cat([z[b, i, :y], z[b, i, y + 1 :]])
+            scores[i] = (
+                float(z[b, i, y] - others.max()) if score == "margin" else float(z[b, i].log_softmax(-1)[y])
+            )
+        k = math.floor(target_ratio * len(suffix) + 0.5)
+        for i in sorted(suffix, key=lambda i: -scores[i])[:k]:
+            expected[b, i] = True
+    assert torch.equal(mask, expected)
+    custom = F.dto_target_mask(
+        xr,
+        wr,
+        p.t,
+        ref_bias=br,
+        target_ratio=target_ratio,
+        suffix_ratio=suffix_ratio,
+        score=lambda stats: stats[score],
+    )
+    assert torch.equal(custom, mask)

@@ -105,6 +105,106 @@ def test_opcheck_row_kernels(dtype: torch.dtype) -> None:
     torch.library.opcheck(torch.ops.unlearnx.logprob_grad_.default, (z.clone(), t, lse, logp, torch.ones(4)))
 
 
+def _check_max(z: torch.Tensor) -> None:
+    mx, arg = torch.ops.unlearnx.max_stats(z)
+    want = z.to(torch.float64).max(-1)
+    torch.testing.assert_close(mx.double(), want.values, rtol=0, atol=0)
+    assert torch.equal(arg, want.indices)
+
+
+def _pair(n: int, V: int, dtype: torch.dtype, device: str = "cpu"):
+    z, t = _rows(n, V, dtype, device)
+    r = (
+        z.double()
+        + torch.randn(z.shape, generator=torch.Generator().manual_seed(V), dtype=torch.float64).to(device)
+    ).to(dtype)
+    return z, r, t
+
+
+def _check_ref(z: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> None:
+    lse, ref_lse, logp, ref_logp, kl = torch.ops.unlearnx.ref_stats(z, r, t)
+    zf, rf = z.double(), r.double()
+    log_p, log_q = zf.log_softmax(-1), rf.log_softmax(-1)
+    tol = TOL[z.dtype] * 10
+    torch.testing.assert_close(lse.double(), zf.logsumexp(-1), rtol=tol, atol=tol)
+    torch.testing.assert_close(ref_lse.double(), rf.logsumexp(-1), rtol=tol, atol=tol)
+    torch.testing.assert_close(logp.double(), log_p.gather(1, t[:, None]).squeeze(1), rtol=tol, atol=tol)
+    torch.testing.assert_close(ref_logp.double(), log_q.gather(1, t[:, None]).squeeze(1), rtol=tol, atol=tol)
+    torch.testing.assert_close(kl.double(), (log_q.exp() * (log_q - log_p)).sum(-1), rtol=tol, atol=tol)
+    acc = lse.dtype
+    a = torch.linspace(-1, 2, z.shape[0], dtype=acc, device=z.device)
+    c = torch.linspace(3, -1, z.shape[0], dtype=acc, device=z.device)
+    out = z.clone()
+    torch.ops.unlearnx.ref_grad_(out, r, t, lse, ref_lse, logp, ref_logp, a, c)
+    p, q = log_p.exp(), log_q.exp()
+    onehot = torch.nn.functional.one_hot(t, z.shape[1]).double()
+    expected = a.double()[:, None] * (onehot - p) + c.double()[:, None] * (p - q)
+    eps = {torch.float64: 1e-13, torch.float32: 1e-6, torch.bfloat16: 2**-8, torch.float16: 2**-11}[z.dtype]
+    torch.testing.assert_close(out.double(), expected, rtol=eps, atol=eps * 4)
+
+
+def _check_dipo(z: torch.Tensor, r: torch.Tensor, k: int, shift: float) -> None:
+    acc = torch.float64 if z.dtype == torch.float64 else torch.float32
+    tau = r.topk(k, dim=1).values[:, -1].to(acc)
+    ref_max, s_out, s_in, delta = torch.ops.unlearnx.dipo_stats(z, r, tau, shift)
+    zf, rf = z.double(), r.double()
+    in_top = (rf >= tau.double()[:, None]).double()
+    q_plus, q_minus = (rf - shift * in_top).softmax(-1), (rf + shift * in_top).softmax(-1)
+    tol = TOL[z.dtype] * 10
+    torch.testing.assert_close(ref_max.double(), rf.max(-1).values, rtol=0, atol=0)
+    e = (rf - rf.max(-1, keepdim=True).values).exp()
+    torch.testing.assert_close(s_in.double(), (e * in_top).sum(-1), rtol=tol, atol=tol)
+    torch.testing.assert_close(
+        delta.double(), ((q_plus - q_minus) * (zf - rf)).sum(-1), rtol=tol * 10, atol=tol * 10
+    )
+    coef = torch.linspace(-2, 2, z.shape[0], dtype=acc, device=z.device)
+    out = z.clone()
+    torch.ops.unlearnx.dipo_grad_(out, r, tau, ref_max, s_out, s_in, shift, coef)
+    eps = {torch.float64: 1e-13, torch.float32: 1e-6, torch.bfloat16: 2**-8, torch.float16: 2**-11}[z.dtype]
+    torch.testing.assert_close(
+        out.double(), coef.double()[:, None] * (q_plus - q_minus), rtol=eps, atol=eps * 2
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("V", [1, 7, 1031])
+def test_max_stats_matches_torch_max(dtype: torch.dtype, V: int) -> None:
+    _check_max(_rows(6, V, dtype)[0])
+
+
+def test_max_stats_ties_and_nan() -> None:
+    z = torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, float("nan"), 5.0, float("nan")], [-1.0, -1.0, -1.0, -1.0]])
+    mx, arg = torch.ops.unlearnx.max_stats(z)
+    assert arg.tolist() == [1, 1, 0]
+    assert mx[0] == 3 and torch.isnan(mx[1]) and mx[2] == -1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("V", [1, 7, 1031])
+def test_ref_kernels_match_torch(dtype: torch.dtype, V: int) -> None:
+    _check_ref(*_pair(6, V, dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("V,k", [(1, 1), (7, 1), (7, 3), (1031, 5)])
+def test_dipo_kernels_match_torch(dtype: torch.dtype, V: int, k: int) -> None:
+    z, r, _ = _pair(6, V, dtype)
+    _check_dipo(z, r, k, 0.8)
+
+
+def test_opcheck_reference_and_dipo_kernels() -> None:
+    z, r, t = _pair(4, 33, torch.float32)
+    torch.library.opcheck(torch.ops.unlearnx.max_stats.default, (z,))
+    torch.library.opcheck(torch.ops.unlearnx.ref_stats.default, (z, r, t))
+    stats = torch.ops.unlearnx.ref_stats(z, r, t)
+    ones = torch.ones(4)
+    torch.library.opcheck(torch.ops.unlearnx.ref_grad_.default, (z.clone(), r, t, *stats[:4], ones, ones))
+    tau = r.topk(2, dim=1).values[:, -1].contiguous()
+    torch.library.opcheck(torch.ops.unlearnx.dipo_stats.default, (z, r, tau, 0.5))
+    m, so, si, _ = torch.ops.unlearnx.dipo_stats(z, r, tau, 0.5)
+    torch.library.opcheck(torch.ops.unlearnx.dipo_grad_.default, (z.clone(), r, tau, m, so, si, 0.5, ones))
+
+
 @requires_cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("V", [1, 97, 32000, 128256])
@@ -112,3 +212,7 @@ def test_cuda_kernels(dtype: torch.dtype, V: int) -> None:
     assert CUDA
     _check_stats(*_rows(33, V, dtype, "cuda"))
     _check_grad(*_rows(33, V, dtype, "cuda"))
+    _check_max(_rows(33, V, dtype, "cuda")[0])
+    z, r, t = _pair(33, V, dtype, "cuda")
+    _check_ref(z, r, t)
+    _check_dipo(z, r, min(3, V), 0.8)
