@@ -26,6 +26,9 @@ class Inputs:
     w: torch.Tensor  # (V, D) LM head, requires grad
     t: torch.Tensor  # (B, T) next-token targets
     ref_logps: torch.Tensor  # (B,)
+    xr: torch.Tensor  # (B, T, D) reference model's hidden states
+    wr: torch.Tensor  # (V, D) reference head
+    mask: torch.Tensor  # (B, T) DTO target tokens
 
 
 def model_inputs(
@@ -65,7 +68,11 @@ def model_inputs(
     with torch.no_grad():
         sums, _ = F.sequence_logprobs(hidden, weight, target)
     ref = sums + torch.randn_like(sums)  # a reference model a little different from the policy
-    return Inputs(hidden.requires_grad_(), weight.requires_grad_(), target, ref)
+    # the reference model: the policy a few updates earlier
+    xr = hidden + 0.05 * hidden.std() * torch.randn_like(hidden)
+    wr = weight + 0.05 * weight.std() * torch.randn_like(weight)
+    mask = torch.rand(target.shape, device=device) < 0.3
+    return Inputs(hidden.requires_grad_(), weight.requires_grad_(), target, ref, xr, wr, mask)
 
 
 def _npo(mod, inp: Inputs, **kw):
@@ -80,9 +87,36 @@ def _simnpo(mod, inp: Inputs, **kw):
     return mod.simnpo_loss(inp.x, inp.w, inp.t, **kw)
 
 
-LOSSES: dict[str, Callable] = {"nll": _nll, "npo": _npo, "simnpo": _simnpo}
-# FLOPs of forward+backward in units of N*D*V: single pass 6, two-pass recompute 8.
-FLOP_FACTOR = {"nll": 6, "npo": 6, "simnpo": 6}
+def _flatten(mod, inp: Inputs, **kw):
+    return mod.margin_flatten_loss(inp.x, inp.w, inp.t, **kw)
+
+
+def _kl(mod, inp: Inputs, **kw):
+    return mod.kl_loss(inp.x, inp.w, inp.t, inp.xr, inp.wr, **kw)
+
+
+def _dipo(mod, inp: Inputs, **kw):
+    return mod.dipo_loss(inp.x, inp.w, inp.t, inp.xr, inp.wr, **kw)
+
+
+def _dto(mod, inp: Inputs, **kw):
+    return mod.dto_loss(inp.x, inp.w, inp.t, inp.xr, inp.wr, inp.mask, **kw)
+
+
+LOSSES: dict[str, Callable] = {
+    "nll": _nll,
+    "npo": _npo,
+    "simnpo": _simnpo,
+    "flatten": _flatten,
+    "kl": _kl,
+    "dipo": _dipo,
+    "dto": _dto,
+}
+# GEMM FLOPs of forward+backward in units of N*D*V, as both implementations do them:
+# policy logits, dX and dW (6; a two-pass fused schedule recomputes the logits: 8), plus
+# the reference logits (2) where the loss has a reference model. Flattening's backward
+# needs no vocabulary GEMM, so only its forward GEMM counts (2).
+FLOP_FACTOR = {"nll": 6, "npo": 6, "simnpo": 6, "flatten": 2, "kl": 8, "dipo": 8, "dto": 8}
 
 
 def step(loss: str, impl: str, inp: Inputs, chunk_size: int | None = None) -> Callable[[], None]:
