@@ -37,10 +37,16 @@ def extension():
     root = os.path.dirname(os.path.abspath(__file__))
     sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
     include_dirs = [os.path.join(root, "csrc"), os.path.join(root, "csrc", "include")]
+    # headers count as inputs, so a header-only change rebuilds the extension
+    depends = sorted(glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/**/*.cuh", recursive=True))
     cxx = ["-O3", "-fopenmp-simd"]
     if not want_cuda():
         return cpp_extension.CppExtension(
-            "unlearnx._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx}
+            "unlearnx._C",
+            sources,
+            include_dirs=include_dirs,
+            depends=depends,
+            extra_compile_args={"cxx": cxx},
         )
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
     defines = ["-DUNLEARNX_WITH_CUDA", f'-DUNLEARNX_CUDA_ARCHS="{archs}"']
@@ -48,6 +54,7 @@ def extension():
         "unlearnx._C",
         sources + sorted(glob.glob("csrc/cuda/*.cu")),
         include_dirs=include_dirs,
+        depends=depends,
         extra_compile_args={
             "cxx": cxx + defines,
             "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo", *defines],

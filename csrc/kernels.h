@@ -8,6 +8,7 @@
 #include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
 
+#include <initializer_list>
 #include <tuple>
 
 namespace unlearnx {
@@ -21,12 +22,16 @@ inline c10::ScalarType acc_dtype(c10::ScalarType t) {
   return t == c10::kDouble ? c10::kDouble : c10::kFloat;
 }
 
-inline void check_logits_target(const at::Tensor& logits, const at::Tensor& target) {
+inline void check_logits(const at::Tensor& logits) {
   TORCH_CHECK_VALUE(logits.dim() == 2, "logits: expected a 2-D [rows, V] tensor, got ", logits.dim(), "-D");
   TORCH_CHECK_VALUE(logits.is_contiguous(), "logits: must be contiguous");
   TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()), "logits: expected a floating dtype, got ",
                    logits.scalar_type());
   TORCH_CHECK_VALUE(logits.size(1) > 0, "logits: vocabulary dimension is empty");
+}
+
+inline void check_logits_target(const at::Tensor& logits, const at::Tensor& target) {
+  check_logits(logits);
   TORCH_CHECK_TYPE(target.scalar_type() == c10::kLong, "target: expected int64, got ", target.scalar_type());
   TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == logits.size(0), "target: expected shape [",
                     logits.size(0), "], got ", target.sizes());
@@ -50,6 +55,27 @@ inline void check_pair(const at::Tensor& ref_logits, const at::Tensor& logits) {
   TORCH_CHECK_VALUE(ref_logits.is_contiguous(), "ref_logits: must be contiguous");
   TORCH_CHECK_VALUE(ref_logits.device() == logits.device(), "ref_logits: on ", ref_logits.device(), ", logits on ",
                     logits.device());
+}
+
+struct NamedRow {
+  const at::Tensor& tensor;
+  const char* name;
+};
+
+inline void check_row_vectors(const at::Tensor& logits, std::initializer_list<NamedRow> rows) {
+  for (const NamedRow& r : rows) check_row_vector(r.tensor, r.name, logits);
+}
+
+// Argument checks of the kernels over a policy and a reference chunk, shared by both devices.
+inline void check_ref_args(const at::Tensor& logits, const at::Tensor& ref_logits, const at::Tensor* target,
+                           std::initializer_list<NamedRow> rows) {
+  if (target != nullptr) {
+    check_logits_target(logits, *target);
+  } else {
+    check_logits(logits);
+  }
+  check_pair(ref_logits, logits);
+  check_row_vectors(logits, rows);
 }
 
 // Every row kernel, for each device: DEVICE is cpu or cuda.

@@ -27,8 +27,9 @@ pip_index install -q "$TORCH_SPEC" numpy tqdm "transformers>=4.45" \
 
 if [[ -z "${CUDA_HOME:-}" && -x /usr/local/cuda/bin/nvcc ]]; then export CUDA_HOME=/usr/local/cuda; fi
 echo "building unlearnx._C (CUDA kernels when torch has CUDA and nvcc is found)..."
+# The editable install compiles the extension into unlearnx/; removing the old one
+# makes sure the import can only find this build.
 rm -f unlearnx/_C*.so
-MAX_JOBS="${MAX_JOBS:-2}" "$VENV/bin/python" setup.py -q build_ext --inplace
-pip_index install -q --no-build-isolation --no-deps -e .
+MAX_JOBS="${MAX_JOBS:-2}" pip_index install -q --no-build-isolation --no-deps -e .
 "$VENV/bin/python" -c "import unlearnx, json; print('unlearnx.build_info():', json.dumps(unlearnx.build_info()))"
 digest > "$STAMP"

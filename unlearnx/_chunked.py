@@ -7,8 +7,8 @@ family's statistics kernel, and, where gradients are wanted, its gradient kernel
 ``Z`` in place into ``dL/dZ`` before ``dX_c = dZ W`` and ``dW += dZ^T X_c``.
 
 These functions run inside the custom ops of ``_ops``: they may synchronise with the
-device (``nonzero`` and the chunk plan need host-side counts, once per call), and the
-compiler never traces into them.
+device before the chunk loop (target validation, ``nonzero`` and the chunk plan need
+host-side values), never inside it, and the compiler never traces into them.
 """
 
 from __future__ import annotations

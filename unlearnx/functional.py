@@ -15,8 +15,8 @@ Common arguments (all losses):
 The ``[tokens, V]`` logits are never materialised: peak extra memory is one chunk of
 logits plus the gradients. Losses and statistics are fp32 (fp64 for fp64 input).
 Non-finite hidden states propagate: the loss and gradients become NaN, as in the
-reference. On CUDA each call synchronises once with the host (to size the compacted
-token set and plan chunks).
+reference. On CUDA each call synchronises with the host a few times before its chunk
+loop (target validation, token compaction, chunk plan), never inside it.
 """
 
 from __future__ import annotations

@@ -29,12 +29,8 @@ UNLX_CPU_CLONES void dipo_grad_rows(scalar_t* zs, const scalar_t* rs, const acc_
 void dipo_grad_cpu_(const at::Tensor& logits, const at::Tensor& ref_logits, const at::Tensor& threshold,
                     const at::Tensor& ref_max, const at::Tensor& s_out, const at::Tensor& s_in, double shift,
                     const at::Tensor& coef) {
-  TORCH_CHECK_VALUE(logits.dim() == 2 && logits.size(1) > 0 && logits.is_contiguous(),
-                    "logits: expected a contiguous [rows, V] tensor with V > 0, got ", logits.sizes());
-  check_pair(ref_logits, logits);
-  const at::Tensor* rowvecs[] = {&threshold, &ref_max, &s_out, &s_in, &coef};
-  const char* names[] = {"threshold", "ref_max", "s_out", "s_in", "coef"};
-  for (int i = 0; i < 5; ++i) check_row_vector(*rowvecs[i], names[i], logits);
+  check_ref_args(logits, ref_logits, nullptr,
+                 {{threshold, "threshold"}, {ref_max, "ref_max"}, {s_out, "s_out"}, {s_in, "s_in"}, {coef, "coef"}});
   const int64_t rows = logits.size(0), V = logits.size(1);
   const auto t = threshold.contiguous(), m = ref_max.contiguous(), so = s_out.contiguous(), si = s_in.contiguous(),
              c = coef.contiguous();

@@ -46,10 +46,7 @@ UNLX_CPU_CLONES void dipo_rows(const scalar_t* zs, const scalar_t* rs, const acc
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dipo_stats_cpu(const at::Tensor& logits,
                                                                          const at::Tensor& ref_logits,
                                                                          const at::Tensor& threshold, double shift) {
-  TORCH_CHECK_VALUE(logits.dim() == 2 && logits.size(1) > 0 && logits.is_contiguous(),
-                    "logits: expected a contiguous [rows, V] tensor with V > 0, got ", logits.sizes());
-  check_pair(ref_logits, logits);
-  check_row_vector(threshold, "threshold", logits);
+  check_ref_args(logits, ref_logits, nullptr, {{threshold, "threshold"}});
   const int64_t rows = logits.size(0), V = logits.size(1);
   at::Tensor ref_max = acc_empty(logits), s_out = acc_empty(logits), s_in = acc_empty(logits),
              delta = acc_empty(logits);

@@ -26,9 +26,7 @@ UNLX_CPU_CLONES void logprob_grad_rows(scalar_t* z, const int64_t* target, const
 void logprob_grad_cpu_(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
                        const at::Tensor& logp_target, const at::Tensor& coef) {
   check_logits_target(logits, target);
-  check_row_vector(lse, "lse", logits);
-  check_row_vector(logp_target, "logp_target", logits);
-  check_row_vector(coef, "coef", logits);
+  check_row_vectors(logits, {{lse, "lse"}, {logp_target, "logp_target"}, {coef, "coef"}});
   const auto target_c = target.contiguous();
   const auto lse_c = lse.contiguous(), logp_c = logp_target.contiguous(), coef_c = coef.contiguous();
   const int64_t rows = logits.size(0), V = logits.size(1);

@@ -40,8 +40,7 @@ UNLX_CPU_CLONES void max_rows(const scalar_t* z, int64_t begin, int64_t end, int
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> max_stats_cpu(const at::Tensor& logits) {
-  TORCH_CHECK_VALUE(logits.dim() == 2 && logits.size(1) > 0 && logits.is_contiguous(),
-                    "logits: expected a contiguous [rows, V] tensor with V > 0, got ", logits.sizes());
+  check_logits(logits);
   at::Tensor mx = acc_empty(logits);
   at::Tensor arg = at::empty({logits.size(0)}, logits.options().dtype(at::kLong));
   const int64_t V = logits.size(1);

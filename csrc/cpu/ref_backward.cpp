@@ -29,11 +29,8 @@ UNLX_CPU_CLONES void ref_grad_rows(scalar_t* zs, const scalar_t* rs, const int64
 void ref_grad_cpu_(const at::Tensor& logits, const at::Tensor& ref_logits, const at::Tensor& target,
                    const at::Tensor& lse, const at::Tensor& ref_lse, const at::Tensor& logp,
                    const at::Tensor& ref_logp, const at::Tensor& a, const at::Tensor& c) {
-  check_logits_target(logits, target);
-  check_pair(ref_logits, logits);
-  const at::Tensor* rowvecs[] = {&lse, &ref_lse, &logp, &ref_logp, &a, &c};
-  const char* names[] = {"lse", "ref_lse", "logp", "ref_logp", "a", "c"};
-  for (int i = 0; i < 6; ++i) check_row_vector(*rowvecs[i], names[i], logits);
+  check_ref_args(logits, ref_logits, &target,
+                 {{lse, "lse"}, {ref_lse, "ref_lse"}, {logp, "logp"}, {ref_logp, "ref_logp"}, {a, "a"}, {c, "c"}});
   const auto target_c = target.contiguous();
   const int64_t rows = logits.size(0), V = logits.size(1);
   UNLEARNX_DISPATCH_LOGITS(logits.scalar_type(), "ref_grad_cpu_", [&] {

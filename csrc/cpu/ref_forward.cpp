@@ -51,8 +51,7 @@ UNLX_CPU_CLONES void ref_rows(const scalar_t* zs, const scalar_t* rs, const int6
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ref_stats_cpu(const at::Tensor& logits,
                                                                                      const at::Tensor& ref_logits,
                                                                                      const at::Tensor& target) {
-  check_logits_target(logits, target);
-  check_pair(ref_logits, logits);
+  check_ref_args(logits, ref_logits, &target, {});
   const auto target_c = target.contiguous();
   const int64_t rows = logits.size(0), V = logits.size(1);
   at::Tensor lse = acc_empty(logits), ref_lse = acc_empty(logits), logp = acc_empty(logits),

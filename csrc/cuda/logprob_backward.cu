@@ -28,9 +28,7 @@ __global__ void __launch_bounds__(kRowThreads)
 void logprob_grad_cuda_(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
                         const at::Tensor& logp_target, const at::Tensor& coef) {
   check_logits_target(logits, target);
-  check_row_vector(lse, "lse", logits);
-  check_row_vector(logp_target, "logp_target", logits);
-  check_row_vector(coef, "coef", logits);
+  check_row_vectors(logits, {{lse, "lse"}, {logp_target, "logp_target"}, {coef, "coef"}});
   c10::cuda::CUDAGuard guard(logits.device());
   const int64_t rows = logits.size(0), V = logits.size(1);
   if (rows == 0) return;

@@ -53,8 +53,7 @@ __global__ void __launch_bounds__(kRowThreads)
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> max_stats_cuda(const at::Tensor& logits) {
-  TORCH_CHECK_VALUE(logits.dim() == 2 && logits.size(1) > 0 && logits.is_contiguous(),
-                    "logits: expected a contiguous [rows, V] tensor with V > 0, got ", logits.sizes());
+  check_logits(logits);
   c10::cuda::CUDAGuard guard(logits.device());
   at::Tensor mx = acc_empty(logits);
   at::Tensor arg = at::empty({logits.size(0)}, logits.options().dtype(at::kLong));

@@ -31,11 +31,8 @@ __global__ void __launch_bounds__(kRowThreads)
 void ref_grad_cuda_(const at::Tensor& logits, const at::Tensor& ref_logits, const at::Tensor& target,
                     const at::Tensor& lse, const at::Tensor& ref_lse, const at::Tensor& logp,
                     const at::Tensor& ref_logp, const at::Tensor& a, const at::Tensor& c) {
-  check_logits_target(logits, target);
-  check_pair(ref_logits, logits);
-  const at::Tensor* rowvecs[] = {&lse, &ref_lse, &logp, &ref_logp, &a, &c};
-  const char* names[] = {"lse", "ref_lse", "logp", "ref_logp", "a", "c"};
-  for (int i = 0; i < 6; ++i) check_row_vector(*rowvecs[i], names[i], logits);
+  check_ref_args(logits, ref_logits, &target,
+                 {{lse, "lse"}, {ref_lse, "ref_lse"}, {logp, "logp"}, {ref_logp, "ref_logp"}, {a, "a"}, {c, "c"}});
   c10::cuda::CUDAGuard guard(logits.device());
   if (logits.size(0) == 0) return;
   const auto t = target.contiguous(), lz = lse.contiguous(), lr = ref_lse.contiguous(), lp = logp.contiguous(),

@@ -48,8 +48,7 @@ __global__ void __launch_bounds__(kRowThreads)
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ref_stats_cuda(const at::Tensor& logits,
                                                                                       const at::Tensor& ref_logits,
                                                                                       const at::Tensor& target) {
-  check_logits_target(logits, target);
-  check_pair(ref_logits, logits);
+  check_ref_args(logits, ref_logits, &target, {});
   c10::cuda::CUDAGuard guard(logits.device());
   const auto target_c = target.contiguous();
   at::Tensor lse = acc_empty(logits), ref_lse = acc_empty(logits), logp = acc_empty(logits),
