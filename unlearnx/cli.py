@@ -1,6 +1,7 @@
 """The ``unlearnx`` command.
 
 unlearnx demo [--steps N ...]   NPO steps on a tiny random Llama, fused vs reference
+unlearnx eval --model DIR ...   TOFU metrics of a Hugging Face causal LM
 unlearnx info                   which kernels were built (build_info)
 """
 
@@ -10,8 +11,12 @@ import argparse
 import json
 import sys
 from dataclasses import fields
+from pathlib import Path
 
+from unlearnx.data.tofu import FORGET_SPLITS
 from unlearnx.demo import DemoConfig
+
+DEFAULT_TOFU_DIR = Path("..") / "shared" / "data" / "tofu"
 
 
 def _positive_int(text: str) -> int:
@@ -46,8 +51,96 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default=d.device, help="cpu or cuda")
     demo.add_argument("--seed", type=int, default=d.seed)
     demo.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    ev = sub.add_parser(
+        "eval", help="TOFU metrics (probability, ROUGE-L, truth ratio, forget quality, utility)"
+    )
+    ev.add_argument(
+        "--model", required=True, type=Path, help="folder of a Hugging Face causal LM and its tokenizer"
+    )
+    ev.add_argument(
+        "--benchmark", default="tofu", choices=["tofu"], help="benchmark (MUSE is not implemented yet)"
+    )
+    ev.add_argument("--forget-split", default="forget10", choices=FORGET_SPLITS)
+    ref = ev.add_mutually_exclusive_group()
+    ref.add_argument(
+        "--retain-model", type=Path, help="model never trained on the forget set (for forget quality)"
+    )
+    ref.add_argument("--retain-logs", type=Path, help="summary.json of an earlier eval of the retain model")
+    ev.add_argument("--out", required=True, type=Path, help="folder for summary.json and per_example.json")
+    ev.add_argument(
+        "--data-dir", type=Path, default=DEFAULT_TOFU_DIR, help="folder of the TOFU JSON Lines files"
+    )
+    ev.add_argument("--batch-size", type=_positive_int, default=8)
+    ev.add_argument(
+        "--max-new-tokens", type=_positive_int, default=64, help="greedy generation length for ROUGE"
+    )
+    ev.add_argument(
+        "--limit", type=_positive_int, default=None, help="evaluate the first N examples of each split"
+    )
+    ev.add_argument("--device", default="cpu", help="cpu or cuda")
     sub.add_parser("info", help="print unlearnx.build_info() as JSON")
     return ap
+
+
+def _fail(message: str) -> int:
+    print(f"unlearnx: {message}", file=sys.stderr)
+    return 2
+
+
+def _load(path: Path, device: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(path).to(device).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Validates everything before loading a model, then writes summary.json / per_example.json."""
+    import torch
+
+    from unlearnx.eval import tofu
+
+    for flag, path in (("--model", args.model), ("--retain-model", args.retain_model)):
+        if path is not None and not (path / "config.json").is_file():
+            return _fail(f"{flag}: {path} is not a Hugging Face model folder (no config.json)")
+    if not (args.data_dir / f"{args.forget_split}_perturbed.json").is_file():
+        return _fail(
+            f"--data-dir: {args.data_dir} has no {args.forget_split}_perturbed.json (pass the TOFU folder)"
+        )
+    retain_ratios = None
+    if args.retain_logs is not None:
+        try:
+            retain_ratios = json.loads(args.retain_logs.read_text())["forget_truth_ratios"]
+        except (OSError, ValueError, KeyError) as err:
+            return _fail(f"--retain-logs: cannot read forget_truth_ratios from {args.retain_logs} ({err!r})")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        return _fail(f"--device: {args.device} requested but no CUDA GPU is available")
+    options = dict(
+        forget_split=args.forget_split,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.limit,
+    )
+    if args.retain_model is not None:
+        retain_summary, _ = tofu.evaluate_tofu(
+            *_load(args.retain_model, args.device), args.data_dir, **options
+        )
+        retain_ratios = retain_summary["forget_truth_ratios"]
+    summary, per_example = tofu.evaluate_tofu(
+        *_load(args.model, args.device), args.data_dir, retain_truth_ratios=retain_ratios, **options
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (args.out / "per_example.json").write_text(json.dumps(per_example, indent=1) + "\n")
+    print(f"{'split':<14}{'prob':>8}{'rouge':>8}{'truth':>8}")
+    for split in ("forget", *tofu.UTILITY_SPLITS):
+        s = summary[split]
+        print(f"{split:<14}{s['prob']:8.4f}{s['rouge']:8.4f}{s['truth_ratio']:8.4f}")
+    fq = summary["forget_quality"]
+    print(
+        f"model_utility {summary['model_utility']:.4f}  forget_quality {'n/a' if fq is None else f'{fq:.4g}'}"
+    )
+    print(f"wrote {args.out / 'summary.json'} and {args.out / 'per_example.json'}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(json.dumps(unlearnx.build_info(), indent=1))
         return 0
+    if args.command == "eval":
+        return run_eval(args)
     import torch
 
     from unlearnx import demo

@@ -1,0 +1,1 @@
+"""Data: TOFU-format loaders and question/answer encoding with prompt masking."""

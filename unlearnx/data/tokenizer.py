@@ -1,0 +1,31 @@
+"""A word-level tokenizer built from text, with no downloads (tests, the embedded demo)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+
+SPECIAL = ("<pad>", "<unk>", "<s>", "</s>")
+
+
+def build_word_tokenizer(texts: Iterable[str], *, max_vocab: int | None = None):
+    """A ``PreTrainedTokenizerFast`` over the lowercased words and punctuation of ``texts``
+    (most frequent first, up to ``max_vocab``), with ``<pad>``, ``<unk>``, ``<s>`` (BOS, added
+    to each encoding) and ``</s>`` (EOS)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    counts = Counter(w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower()))
+    words = [w for w, _ in counts.most_common(max_vocab)]
+    vocab = {tok: i for i, tok in enumerate([*SPECIAL, *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", vocab["<s>"])]
+    )
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
