@@ -81,17 +81,26 @@ def _words(text: str) -> list[str]:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
 
 
-def rouge_l_recall(prediction: str, reference: str) -> float:
-    """ROUGE-L recall: LCS(prediction, reference) / len(reference), over lowercased
-    alphanumeric words (rouge_score's tokenisation, without stemming). 0 for an empty
-    reference."""
+def _lcs_words(prediction: str, reference: str) -> tuple[int, int, int]:
+    """(LCS length, prediction words, reference words) over lowercased alphanumeric words
+    (rouge_score's tokenisation, without stemming)."""
     pred, ref = _words(prediction), _words(reference)
-    if not ref:
-        return 0.0
     prev = [0] * (len(pred) + 1)
     for r in ref:
         cur = [0]
         for j, p in enumerate(pred):
             cur.append(prev[j] + 1 if r == p else max(prev[j + 1], cur[j]))
         prev = cur
-    return prev[-1] / len(ref)
+    return prev[-1], len(pred), len(ref)
+
+
+def rouge_l_recall(prediction: str, reference: str) -> float:
+    """ROUGE-L recall: LCS / reference words. 0 for an empty reference."""
+    lcs, _, n_ref = _lcs_words(prediction, reference)
+    return lcs / n_ref if n_ref else 0.0
+
+
+def rouge_l_f1(prediction: str, reference: str) -> float:
+    """ROUGE-L F1: harmonic mean of LCS / prediction words and LCS / reference words."""
+    lcs, n_pred, n_ref = _lcs_words(prediction, reference)
+    return 2 * lcs / (n_pred + n_ref) if lcs else 0.0
