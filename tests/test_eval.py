@@ -227,6 +227,8 @@ def test_cli_eval_writes_reports_and_reads_retain_logs(lm, tmp_path: Path, capsy
         == 0
     )
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["forget_quality"] == pytest.approx(1.0)
+    assert main([*common, "--out", str(tmp_path / "c"), "--retain-model", str(tmp_path / "model")]) == 0
+    assert json.loads((tmp_path / "c" / "summary.json").read_text())["forget_quality"] == pytest.approx(1.0)
     assert "model_utility" in capsys.readouterr().out
 
 
@@ -248,3 +250,97 @@ def test_cli_eval_rejects_bad_arguments_before_loading(
     data = ["--data-dir", str(DATA)] if "--data-dir" not in extra else []
     assert main(["eval", "--out", str(tmp_path / "o"), *data, *extra]) == 2
     assert needle in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- reports, training
+
+
+def test_comparison_table_and_plot(tmp_path: Path, capsys) -> None:
+    from unlearnx.cli import main
+    from unlearnx.eval import report
+
+    for name, fq, mu in (("a", 0.5, 0.4), ("b", 1e-3, 0.6)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(
+            json.dumps({"forget_quality": fq, "model_utility": mu, "forget": {"prob": 0.1}})
+        )
+    table = report.comparison_table({n: report.load_summary(tmp_path / n) for n in "ab"})
+    assert "| a | 0.5 | 0.4 | 0.1 | - | - | - |" in table
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--plot", str(tmp_path / "t.png")]) == 0
+    assert (tmp_path / "t.png").stat().st_size > 1000 and "| run |" in capsys.readouterr().out
+    assert main(["compare", str(tmp_path / "missing")]) == 2
+
+
+@needs_data
+def test_eval_callback_during_training_keeps_the_best(lm, tmp_path: Path) -> None:
+    from transformers import Trainer, TrainingArguments
+
+    from unlearnx.eval.callback import TofuEvalCallback
+
+    model, tok = lm
+    model = type(model)(model.config)  # a fresh copy to train
+    rows = load_split(DATA, "forget01")[:8]
+    enc = encode_qa(tok, [r["question"] for r in rows], [r["answer"] for r in rows])
+    data = [
+        {"input_ids": i, "attention_mask": m, "labels": lab}
+        for i, m, lab in zip(enc.input_ids, enc.attention_mask, enc.labels, strict=True)
+    ]
+    cb = TofuEvalCallback(
+        tok,
+        DATA,
+        tmp_path / "eval",
+        every_steps=2,
+        forget_split="forget01",
+        limit=2,
+        max_new_tokens=2,
+        criterion="forget/prob",
+        mode="min",
+    )
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        logging_strategy="no",
+    )
+    Trainer(model=model, args=args, train_dataset=data, callbacks=[cb]).train()
+    history = [
+        json.loads(line) for line in (tmp_path / "eval" / "eval_history.jsonl").read_text().splitlines()
+    ]
+    assert [h["step"] for h in history] == [2, 4]
+    best = min(h["forget/prob"] for h in history)
+    assert json.loads((tmp_path / "eval" / "best" / "eval_summary.json").read_text())["forget/prob"] == best
+    assert (tmp_path / "eval" / "best" / "config.json").is_file()
+    assert (tmp_path / "eval" / "eval_history.png").is_file()
+    with pytest.raises(ValueError, match="every_steps"):
+        TofuEvalCallback(tok, DATA, tmp_path)
+
+
+@needs_data
+def test_eval_callback_in_a_two_process_ddp_run(tmp_path: Path) -> None:
+    """torchrun, 2 processes, gloo on CPU: rank 0 evaluates, rank 1 waits, both finish."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).parent / "helpers" / "ddp_eval_train.py"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        str(script),
+        str(DATA),
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "world_size.json").read_text()) == {"world_size": 2}
+    history = (tmp_path / "eval" / "eval_history.jsonl").read_text().splitlines()
+    assert [json.loads(h)["step"] for h in history] == [2, 4]  # written once per evaluation, by rank 0
+    assert (tmp_path / "eval" / "best" / "config.json").is_file()

@@ -2,6 +2,7 @@
 
 unlearnx demo [--steps N ...]   NPO steps on a tiny random Llama, fused vs reference
 unlearnx eval --model DIR ...   TOFU metrics of a Hugging Face causal LM
+unlearnx compare RUN [RUN ...]  table and trade-off plot across eval runs
 unlearnx info                   which kernels were built (build_info)
 """
 
@@ -78,6 +79,9 @@ def parser() -> argparse.ArgumentParser:
         "--limit", type=_positive_int, default=None, help="evaluate the first N examples of each split"
     )
     ev.add_argument("--device", default="cpu", help="cpu or cuda")
+    cmp = sub.add_parser("compare", help="table (Markdown) and trade-off plot across eval runs")
+    cmp.add_argument("runs", nargs="+", type=Path, help="eval output folders or summary.json files")
+    cmp.add_argument("--plot", type=Path, default=None, help="write a forget-quality vs utility PNG here")
     sub.add_parser("info", help="print unlearnx.build_info() as JSON")
     return ap
 
@@ -152,6 +156,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "eval":
         return run_eval(args)
+    if args.command == "compare":
+        from unlearnx.eval import report
+
+        try:
+            runs = {str(p): report.load_summary(p) for p in args.runs}
+        except ValueError as err:
+            return _fail(str(err))
+        print(report.comparison_table(runs), end="")
+        if args.plot is not None:
+            print(f"wrote {report.plot_tradeoff(runs, args.plot)}")
+        return 0
     import torch
 
     from unlearnx import demo

@@ -1,0 +1,52 @@
+"""Two-process (DDP, gloo, CPU) training with TofuEvalCallback; run by torchrun from a test.
+
+argv: DATA_DIR OUT_DIR. Both ranks build the same tiny model and tokenizer from the data."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+
+from unlearnx.data.tofu import encode_qa, load_split
+from unlearnx.data.tokenizer import build_word_tokenizer
+from unlearnx.eval.callback import TofuEvalCallback
+
+data_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
+rows = load_split(data_dir, "forget01")[:8]
+texts = [t for r in load_split(data_dir, "forget01_perturbed")[:2] for t in (r["question"], r["answer"])]
+tok = build_word_tokenizer(texts + [r["question"] + " " + r["answer"] for r in rows])
+torch.manual_seed(0)
+cfg = LlamaConfig(
+    vocab_size=len(tok),
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
+model = LlamaForCausalLM(cfg)
+enc = encode_qa(tok, [r["question"] for r in rows], [r["answer"] for r in rows])
+data = [
+    {"input_ids": i, "attention_mask": m, "labels": lab}
+    for i, m, lab in zip(enc.input_ids, enc.attention_mask, enc.labels, strict=True)
+]
+cb = TofuEvalCallback(
+    tok, data_dir, out / "eval", every_steps=2, forget_split="forget01", limit=2, max_new_tokens=2
+)
+args = TrainingArguments(
+    output_dir=str(out / "run"),
+    per_device_train_batch_size=2,
+    max_steps=4,
+    report_to=[],
+    save_strategy="no",
+    use_cpu=True,
+    ddp_backend="gloo",
+    logging_strategy="no",
+)
+trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[cb])
+trainer.train()
+if trainer.is_world_process_zero():
+    (out / "world_size.json").write_text(json.dumps({"world_size": trainer.args.world_size}))
