@@ -123,3 +123,28 @@ def test_extraction_strength_matches_materialised_argmax(lm) -> None:
         n = len(right)
         k = min((k for k in range(n + 1) if all(right[k:])), default=n)
         assert es == pytest.approx(1 - k / n)
+
+
+def test_evaluate_muse_summary(lm) -> None:
+    model, tok, texts = lm
+    summary = muse.evaluate_muse(
+        model,
+        tok,
+        forget_texts=texts[:3],
+        holdout_texts=texts[3:],
+        forget_qa=[("who wrote", "the author")],
+        retain_qa=[],
+        retain_auc=0.5,
+        prefix_tokens=4,
+        max_new_tokens=4,
+    )
+    members = muse.min_k_scores(model, tok, texts[:3])
+    nonmembers = muse.min_k_scores(model, tok, texts[3:])
+    assert summary["mink_auc"] == pytest.approx(muse.auc(members, nonmembers))
+    assert summary["privleak"] == pytest.approx(muse.privleak(summary["mink_auc"], 0.5))
+    assert summary["knowmem_retain"] is None and 0 <= summary["verbmem"] <= 1
+    assert summary["extraction_strength"] == pytest.approx(
+        sum(muse.extraction_strength(model, tok, texts[:3])) / 3
+    )
+    with pytest.raises(ValueError, match="holdout_texts"):
+        muse.evaluate_muse(model, tok, forget_texts=texts, holdout_texts=[], forget_qa=[], retain_qa=[])

@@ -168,3 +168,54 @@ def extraction_strength(model, tokenizer, texts: list[str], *, max_length: int =
             k -= 1
         out.append(1.0 - k / n)
     return out
+
+
+def evaluate_muse(
+    model,
+    tokenizer,
+    *,
+    forget_texts: list[str],
+    holdout_texts: list[str],
+    forget_qa: list[tuple[str, str]],
+    retain_qa: list[tuple[str, str]],
+    retain_auc: float | None = None,
+    prefix_tokens: int = 32,
+    max_new_tokens: int = 128,
+    k: float = 0.4,
+    batch_size: int = 8,
+) -> dict:
+    """All MUSE-style metrics in one summary: ``verbmem`` (on ``forget_texts``),
+    ``knowmem_forget`` / ``knowmem_retain`` (QA pairs), ``extraction_strength`` (forget texts),
+    ``mink_auc`` (forget vs holdout) and, given the retrained model's AUC, ``privleak``."""
+    if not forget_texts or not holdout_texts:
+        raise ValueError("forget_texts, holdout_texts: both must be non-empty")
+    members = min_k_scores(model, tokenizer, forget_texts, k=k, batch_size=batch_size)
+    nonmembers = min_k_scores(model, tokenizer, holdout_texts, k=k, batch_size=batch_size)
+    mink_auc = auc(members, nonmembers)
+
+    def mean(xs: list[float]) -> float | None:
+        return sum(xs) / len(xs) if xs else None
+
+    def qa(pairs: list[tuple[str, str]]) -> float | None:
+        if not pairs:
+            return None
+        q, a = zip(*pairs, strict=True)
+        return mean(knowmem(model, tokenizer, list(q), list(a), batch_size=batch_size))
+
+    return {
+        "verbmem": mean(
+            verbmem(
+                model,
+                tokenizer,
+                forget_texts,
+                prefix_tokens=prefix_tokens,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+            )
+        ),
+        "knowmem_forget": qa(forget_qa),
+        "knowmem_retain": qa(retain_qa),
+        "extraction_strength": mean(extraction_strength(model, tokenizer, forget_texts)),
+        "mink_auc": mink_auc,
+        "privleak": None if retain_auc is None else privleak(mink_auc, retain_auc),
+    }
