@@ -1,0 +1,101 @@
+"""The Hugging Face integration: fused losses on patched causal LMs of several families."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unlearnx import functional as F
+from unlearnx.integrations.transformers import patch_causal_lm, unpatched_reference_loss
+
+
+def _tiny(family: str, tie: bool = False):
+    import transformers as tf
+
+    common = dict(
+        vocab_size=101,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        tie_word_embeddings=tie,
+    )
+    configs = {
+        "llama": lambda: tf.LlamaConfig(intermediate_size=64, num_key_value_heads=2, **common),
+        "mistral": lambda: tf.MistralConfig(intermediate_size=64, num_key_value_heads=2, **common),
+        "qwen2": lambda: tf.Qwen2Config(intermediate_size=64, num_key_value_heads=2, **common),
+        "gemma": lambda: tf.GemmaConfig(intermediate_size=64, num_key_value_heads=2, head_dim=8, **common),
+        "gpt_neox": lambda: tf.GPTNeoXConfig(intermediate_size=64, **common),
+    }
+    torch.manual_seed(0)
+    return tf.AutoModelForCausalLM.from_config(configs[family]())
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 101, (3, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[2, 8:] = 0
+    labels = ids.clone()
+    labels[:, :4] = -100  # prompt
+    labels[mask == 0] = -100
+    return ids, mask, labels
+
+
+def _nll(hidden, weight, target, bias):
+    return F.nll_loss(hidden, weight, target, bias=bias, chunk_size=5)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gemma", "gpt_neox"])
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_fused_nll_matches_the_models_own_loss(family: str, tie: bool) -> None:
+    model = _tiny(family, tie)
+    ids, mask, labels = _batch()
+    want = unpatched_reference_loss(model, ids, mask, labels)
+    grads_want = torch.autograd.grad(want, list(model.parameters()), allow_unused=True)
+    patch_causal_lm(model)
+    out = model(input_ids=ids, attention_mask=mask, labels=labels, unlearnx_loss=_nll)
+    assert out.logits is None
+    torch.testing.assert_close(out.loss, want, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(out.loss, list(model.parameters()), allow_unused=True)
+    for (name, _), g, w in zip(model.named_parameters(), grads, grads_want, strict=True):
+        if w is None:
+            assert g is None or g.abs().max() == 0, name
+        else:
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6, msg=name)
+    # without unlearnx_loss the model is unchanged (generation still works)
+    assert model(input_ids=ids, attention_mask=mask).logits.shape == (3, 12, 101)
+    assert model.generate(input_ids=ids[:1, :4], max_new_tokens=2, do_sample=False).shape == (1, 6)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    model = _tiny("llama")
+    ids, mask, labels = _batch()
+    patch_causal_lm(model).train()
+    loss = model(input_ids=ids, attention_mask=mask, labels=labels, unlearnx_loss=_nll).loss
+    want = torch.autograd.grad(loss, list(model.parameters()))
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    loss2 = model(input_ids=ids, attention_mask=mask, labels=labels, unlearnx_loss=_nll).loss
+    for g, w in zip(torch.autograd.grad(loss2, list(model.parameters())), want, strict=True):
+        torch.testing.assert_close(g, w)
+
+
+def test_models_that_postprocess_logits_are_refused() -> None:
+    import transformers as tf
+
+    cfg = tf.Gemma2Config(
+        vocab_size=101,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        final_logit_softcapping=30.0,
+    )
+    with pytest.raises(NotImplementedError, match="final_logit_softcapping"):
+        patch_causal_lm(tf.AutoModelForCausalLM.from_config(cfg))
+    model = patch_causal_lm(_tiny("llama"))
+    with pytest.raises(ValueError, match="labels"):
+        model(input_ids=_batch()[0], unlearnx_loss=_nll)

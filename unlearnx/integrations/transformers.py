@@ -1,0 +1,88 @@
+"""Hugging Face causal LMs with fused losses instead of materialised logits.
+
+:func:`patch_causal_lm` wraps a model's ``forward``: called with ``unlearnx_loss=fn`` it runs
+the decoder, shifts, and returns ``CausalLMOutputWithPast(loss=fn(hidden, weight, target,
+bias))`` with ``logits=None``; called without it, it is the model's own forward (generation,
+evaluation). The head weight is read inside the patched forward, so it is the gathered
+weight under FSDP / ZeRO-3 and the shared one with tied embeddings. Gradient checkpointing is
+the decoder's own and keeps working.
+
+Supported: decoder-only models whose logits are ``hidden @ W.T (+ b)`` with nothing after the
+head: the Llama, Mistral, Qwen2, Gemma and GPT-NeoX families among others. Models that
+post-process logits (Gemma 2's soft-capping, ``logit_scale`` of Cohere) are refused.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+# fn(hidden (B, T-1, D), weight (V, D), target (B, T-1), bias (V,) or None) -> loss
+FusedLoss = Callable[[Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
+
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
+
+
+def check_supported(model) -> None:
+    """Raises NotImplementedError for models whose logits are not ``hidden @ W.T (+ b)``."""
+    cfg = model.config
+    for attr in _LOGIT_POSTPROCESSING:
+        if getattr(cfg, attr, None) not in (None, 1, 1.0):
+            raise NotImplementedError(
+                f"model: {type(model).__name__} post-processes its logits (config.{attr}="
+                f"{getattr(cfg, attr)!r}); fused losses would be computed on the wrong logits"
+            )
+    if model.get_output_embeddings() is None:
+        raise NotImplementedError(f"model: {type(model).__name__} has no output embeddings (LM head)")
+
+
+def hidden_states(model, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs) -> Tensor:
+    """``(B, T, D)`` final hidden states (after the final norm), without the LM head."""
+    return model.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+
+
+def patch_causal_lm(model):
+    """Makes ``model(input_ids, attention_mask, labels=..., unlearnx_loss=fn)`` compute ``fn`` on
+    the fused path (``labels`` are shifted inside, as Hugging Face does). Returns the model."""
+    check_supported(model)
+    if getattr(model, "_unlearnx_patched", False):
+        return model
+    original = model.forward
+
+    @functools.wraps(original)
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        labels=None,
+        *,
+        unlearnx_loss: FusedLoss | None = None,
+        **kwargs,
+    ):
+        if unlearnx_loss is None:
+            return original(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+        if labels is None:
+            raise ValueError("labels: required with unlearnx_loss")
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        kwargs.pop("use_cache", None)
+        hidden = hidden_states(self, input_ids, attention_mask, use_cache=False, **kwargs)
+        head = self.get_output_embeddings()
+        loss = unlearnx_loss(hidden[:, :-1], head.weight, labels[:, 1:], getattr(head, "bias", None))
+        return CausalLMOutputWithPast(loss=loss, logits=None)
+
+    model.forward = types.MethodType(forward, model)
+    model._unlearnx_patched = True
+    return model
+
+
+def unpatched_reference_loss(
+    model, input_ids: Tensor, attention_mask: Tensor | None, labels: Tensor
+) -> Tensor:
+    """The model's own token-mean cross-entropy with materialised logits (for comparisons)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
