@@ -74,8 +74,10 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
     patch_causal_lm(model).train()
     loss = model(input_ids=ids, attention_mask=mask, labels=labels, unlearnx_loss=_nll).loss
     want = torch.autograd.grad(loss, list(model.parameters()))
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     loss2 = model(input_ids=ids, attention_mask=mask, labels=labels, unlearnx_loss=_nll).loss
     for g, w in zip(torch.autograd.grad(loss2, list(model.parameters())), want, strict=True):
         torch.testing.assert_close(g, w)
