@@ -1,0 +1,88 @@
+"""The unlearning driver end to end on a tiny Llama that memorised a few TOFU QA pairs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from unlearnx.data.tofu import load_split
+from unlearnx.data.tokenizer import build_word_tokenizer
+from unlearnx.eval.metrics import answer_logprobs
+from unlearnx.train.api import UnlearnConfig, unlearn
+from unlearnx.train.methods import METHODS, resolve
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"TOFU data not found at {DATA}")
+
+
+def _mean_logp(model, tok, pairs) -> float:
+    s, c = answer_logprobs(model, tok, [q for q, _ in pairs], [a for _, a in pairs])
+    return float((s / c).mean())
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    """A tiny Llama trained on 4 forget + 4 retain pairs until it has memorised them."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    forget = [(r["question"], r["answer"]) for r in load_split(DATA, "forget01")[:4]]
+    retain = [(r["question"], r["answer"]) for r in load_split(DATA, "retain99")[:4]]
+    tok = build_word_tokenizer([q + " " + a for q, a in forget + retain])
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+    )
+    model = LlamaForCausalLM(cfg)
+    unlearn(
+        model,
+        tok,
+        forget + retain,
+        None,
+        UnlearnConfig(
+            method="ga", hparams={}, forget_weight=-1.0, learning_rate=3e-3, epochs=40, batch_size=8
+        ),
+        tmp_path_factory.mktemp("target"),  # "ga" with forget weight -1 is plain NLL fine-tuning
+    )  # "ga" with weight -1 is plain fine-tuning on NLL
+    return model.eval(), tok, forget, retain
+
+
+@needs_data
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_lowers_forget_logprob(target, method: str, tmp_path: Path) -> None:
+    base, tok, forget, retain = target
+    before = _mean_logp(base, tok, forget)
+    assert before > -1.0  # memorised
+    model = copy.deepcopy(base)
+    result = unlearn(
+        model,
+        tok,
+        forget,
+        retain,
+        UnlearnConfig(method=method, learning_rate=1e-3, epochs=3, batch_size=4),
+        tmp_path,
+    )
+    after = _mean_logp(model.eval(), tok, forget)
+    assert after < before - 0.05, f"{method}: forget mean log-prob {before:.3f} -> {after:.3f}"
+    assert result["steps"] == 3 and (tmp_path / "metrics.jsonl").is_file()
+    if METHODS[method].dual:
+        assert result["lambda"] is not None
+
+
+def test_resolve_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="method"):
+        resolve("forgetall")
+    with pytest.raises(ValueError, match="hparams"):
+        resolve("npo", {"gamma": 1.0})
+    with pytest.raises(ValueError, match="retain"):
+        resolve("pdu", retain="none")
+    _, hp, retain = resolve("simnpo", {"beta": 1.0})
+    assert hp == {"beta": 1.0, "gamma": 0.0} and retain == "nll"

@@ -1,0 +1,1 @@
+"""Unlearning driver: methods, reference cache, primal-dual, Hugging Face Trainer integration."""

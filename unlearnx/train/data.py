@@ -1,0 +1,85 @@
+"""Training data: encoded QA examples, forget/retain pairing, padding collator."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from unlearnx.data.tofu import encode_qa
+
+
+class QADataset(Dataset):
+    """Question/answer pairs encoded once; item ``i`` is ``{"input_ids", "attention_mask",
+    "labels", "index"}`` (1-D int64, unpadded; labels -100 on the prompt)."""
+
+    def __init__(self, tokenizer, questions: list[str], answers: list[str], max_length: int = 512) -> None:
+        if not questions:
+            raise ValueError("questions: the dataset is empty")
+        self.items = []
+        for i, (q, a) in enumerate(zip(questions, answers, strict=True)):
+            enc = encode_qa(tokenizer, [q], [a], max_length)
+            self.items.append(
+                {
+                    "input_ids": enc.input_ids[0],
+                    "attention_mask": enc.attention_mask[0],
+                    "labels": enc.labels[0],
+                    "index": torch.tensor(i),
+                }
+            )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return self.items[i]
+
+
+class PairedDataset(Dataset):
+    """Each forget example with a retain example drawn by a seeded generator (the same pairs
+    on every rank and every run for a given seed); without a retain set, forget examples alone."""
+
+    def __init__(self, forget: QADataset, retain: QADataset | None, seed: int = 0) -> None:
+        self.forget, self.retain = forget, retain
+        rng = random.Random(seed)
+        self.pairs = [rng.randrange(len(retain)) for _ in range(len(forget))] if retain is not None else None
+
+    def __len__(self) -> int:
+        return len(self.forget)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"forget": self.forget[i]}
+        if self.pairs is not None:
+            item["retain"] = self.retain[self.pairs[i]]
+        return item
+
+
+def pad(items: list[dict[str, Tensor]], pad_id: int) -> dict[str, Tensor]:
+    """Right-pads a list of encoded examples into a batch."""
+    width = max(int(it["input_ids"].numel()) for it in items)
+    out = {
+        "input_ids": torch.full((len(items), width), pad_id, dtype=torch.long),
+        "attention_mask": torch.zeros((len(items), width), dtype=torch.long),
+        "labels": torch.full((len(items), width), -100, dtype=torch.long),
+        "index": torch.stack([it["index"] for it in items]),
+    }
+    for row, it in enumerate(items):
+        n = it["input_ids"].numel()
+        for key in ("input_ids", "attention_mask", "labels"):
+            out[key][row, :n] = it[key]
+    return out
+
+
+class PairCollator:
+    """Collates ``PairedDataset`` items into ``{"forget": batch, "retain": batch}``."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, items: list[dict]) -> dict[str, dict[str, Tensor]]:
+        out = {"forget": pad([it["forget"] for it in items], self.pad_id)}
+        if "retain" in items[0]:
+            out["retain"] = pad([it["retain"] for it in items], self.pad_id)
+        return out

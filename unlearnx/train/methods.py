@@ -1,0 +1,116 @@
+"""Unlearning methods by name: a forget term on the fused path, the reference-cache items it
+needs, its default hyper-parameters and its default retain term (DESIGN section 3).
+
+Every term is ``fn(hidden, weight, target, bias, ref, hp)`` with ``hidden (B, T-1, D)`` and
+``target (B, T-1)`` already shifted, and ``ref`` the batch's reference-cache entries shifted
+the same way (``hidden``: reference hidden states, ``dto_mask``: targets over ``target``).
+DiPO and DTO are the reconstructions documented in :mod:`unlearnx.functional`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from unlearnx import functional as F
+
+Term = Callable[[Tensor, Tensor, Tensor, "Tensor | None", dict, dict], Tensor]
+
+
+def _ref_head(ref: dict) -> tuple[Tensor, Tensor, Tensor | None]:
+    return ref["hidden"], ref["head_weight"], ref.get("head_bias")
+
+
+def _ga(h, w, t, b, ref, hp):
+    return -F.nll_loss(h, w, t, bias=b)
+
+
+def _npo(h, w, t, b, ref, hp):
+    return F.npo_loss(h, w, t, ref["seq_logp"], beta=hp["beta"], bias=b)
+
+
+def _simnpo(h, w, t, b, ref, hp):
+    return F.simnpo_loss(h, w, t, beta=hp["beta"], gamma=hp["gamma"], bias=b)
+
+
+def _dipo(h, w, t, b, ref, hp):
+    rh, rw, rb = _ref_head(ref)
+    return F.dipo_loss(
+        h, w, t, rh, rw, ref_bias=rb, top_k=hp["top_k"], shift=hp["shift"], beta=hp["beta"], bias=b
+    )
+
+
+def _flatten(h, w, t, b, ref, hp):
+    return F.margin_flatten_loss(h, w, t, bias=b)
+
+
+def _dto(h, w, t, b, ref, hp):
+    rh, rw, rb = _ref_head(ref)
+    return F.dto_loss(
+        h, w, t, rh, rw, ref["dto_mask"], ref_bias=rb, beta=hp["beta"], kl_weight=hp["kl_weight"], bias=b
+    )
+
+
+def retain_nll(h, w, t, b, ref, hp):
+    return F.nll_loss(h, w, t, bias=b)
+
+
+def retain_kl(h, w, t, b, ref, hp):
+    rh, rw, rb = _ref_head(ref)
+    return F.kl_loss(h, w, t, rh, rw, ref_bias=rb, bias=b)
+
+
+RETAIN_TERMS: dict[str, tuple[Term, frozenset[str]]] = {
+    "nll": (retain_nll, frozenset()),
+    "kl": (retain_kl, frozenset({"hidden"})),
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    forget: Term
+    needs: frozenset[str]  # reference-cache items of the forget set
+    defaults: dict = field(default_factory=dict)
+    retain: str = "nll"  # "nll", "kl" or "none"
+    dual: bool = False  # primal-dual retain constraint (PDU)
+    dto_options: tuple[str, ...] = ()  # hparams forwarded to dto_target_mask when building the cache
+
+
+METHODS: dict[str, Method] = {
+    "ga": Method(_ga, frozenset(), retain="none"),
+    "grad_diff": Method(_ga, frozenset(), retain="nll"),
+    "npo": Method(_npo, frozenset({"seq_logp"}), {"beta": 0.1}),
+    "simnpo": Method(_simnpo, frozenset(), {"beta": 2.5, "gamma": 0.0}),
+    "dipo": Method(_dipo, frozenset({"hidden"}), {"top_k": 1, "shift": 1.0, "beta": 1.0}),
+    # authors' TOFU setting (arXiv 2506.05314): lambda0 100, eta 5, eps 0.3, 5 warm-up epochs
+    "pdu": Method(
+        _flatten, frozenset(), {"lambda0": 100.0, "eta": 5.0, "eps": 0.3, "warmup_steps": 0}, dual=True
+    ),
+    "dto": Method(
+        _dto,
+        frozenset({"hidden", "dto_mask"}),
+        {"beta": 0.1, "kl_weight": 1.0, "target_ratio": 0.3, "suffix_ratio": 1.0},
+        dto_options=("target_ratio", "suffix_ratio"),
+    ),
+}
+
+
+def resolve(name: str, overrides: dict | None = None, retain: str | None = None) -> tuple[Method, dict, str]:
+    """``(method, hyper-parameters, retain term)`` with user overrides checked by name."""
+    if name not in METHODS:
+        raise ValueError(f"method: unknown {name!r}; choose from {sorted(METHODS)}")
+    m = METHODS[name]
+    unknown = set(overrides or {}) - set(m.defaults)
+    if unknown:
+        raise ValueError(
+            f"hparams: {sorted(unknown)} are not hyper-parameters of {name!r} "
+            f"(it has {sorted(m.defaults) or 'none'})"
+        )
+    retain = m.retain if retain is None else retain
+    if retain not in ("nll", "kl", "none"):
+        raise ValueError(f"retain: expected 'nll', 'kl' or 'none', got {retain!r}")
+    if m.dual and retain == "none":
+        raise ValueError("retain: pdu needs a retain term (its constraint is on the retain loss)")
+    return m, {**m.defaults, **(overrides or {})}, retain

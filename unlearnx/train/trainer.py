@@ -1,0 +1,143 @@
+"""The unlearning loop on Hugging Face ``Trainer``: forget + retain terms on the fused path,
+the reference cache instead of a second model, and the primal-dual retain constraint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from transformers import Trainer, TrainerCallback
+
+from unlearnx.integrations.transformers import patch_causal_lm
+from unlearnx.train.cache import ReferenceCache
+from unlearnx.train.methods import RETAIN_TERMS, Method
+
+
+class PrimalDual(TrainerCallback):
+    """``lambda <- max(0, lambda + eta (L_r - eps))`` once per optimiser step, on the retain
+    loss averaged over the step's micro-batches and all-reduced across ranks, after
+    ``warmup_steps``. ``per_micro_batch=True`` is the authors' variant (open-unlearning PDU):
+    an update after every micro-batch, on that rank's loss alone."""
+
+    def __init__(
+        self, lambda0: float, eta: float, eps: float, warmup_steps: int = 0, per_micro_batch: bool = False
+    ) -> None:
+        self.lam, self.eta, self.eps = float(lambda0), float(eta), float(eps)
+        self.warmup_steps, self.per_micro_batch = int(warmup_steps), per_micro_batch
+        self._sum, self._count, self.step = 0.0, 0, 0
+
+    def observe(self, retain_loss: Tensor) -> None:
+        if self.per_micro_batch:
+            if self.step >= self.warmup_steps:
+                self.lam = max(0.0, self.lam + self.eta * (float(retain_loss) - self.eps))
+            return
+        self._sum += float(retain_loss)
+        self._count += 1
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step = state.global_step
+        if self.per_micro_batch or self._count == 0:
+            return
+        mean = torch.tensor([self._sum, float(self._count)], dtype=torch.float64)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(mean)
+        self._sum, self._count = 0.0, 0
+        if state.global_step > self.warmup_steps:
+            self.lam = max(0.0, self.lam + self.eta * (float(mean[0] / mean[1]) - self.eps))
+
+
+class MetricsJsonl(TrainerCallback):
+    """Appends every log record (losses, lambda, step) to ``path`` as JSON Lines (main process)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+def _shifted(ref: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Cache entries aligned with positions, shifted like the patched forward shifts hidden/labels."""
+    out = dict(ref)
+    if "hidden" in out:
+        out["hidden"] = out["hidden"][:, :-1]
+    if "dto_mask" in out:
+        out["dto_mask"] = out["dto_mask"][:, 1:]
+    return out
+
+
+class UnlearnTrainer(Trainer):
+    """``Trainer`` whose batches are ``{"forget": ..., "retain": ...}`` (see
+    ``train.data.PairCollator``) and whose loss is ``forget_weight * L_f + retain_weight * L_r``,
+    or ``L_f + lambda (L_r - eps)`` with a :class:`PrimalDual`."""
+
+    def __init__(
+        self,
+        *args,
+        method: Method,
+        hparams: dict,
+        retain: str,
+        forget_cache: ReferenceCache | None,
+        retain_cache: ReferenceCache | None,
+        forget_weight: float = 1.0,
+        retain_weight: float = 1.0,
+        dual: PrimalDual | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        patch_causal_lm(self.model)
+        self.method, self.hparams, self.retain = method, hparams, retain
+        self.forget_cache, self.retain_cache = forget_cache, retain_cache
+        self.forget_weight, self.retain_weight, self.dual = forget_weight, retain_weight, dual
+
+    def _term(self, model, batch: dict[str, Tensor], cache: ReferenceCache | None, term) -> Tensor:
+        device = batch["input_ids"].device
+        ref = (
+            {}
+            if cache is None
+            else _shifted(cache.batch(batch["index"], batch["input_ids"].shape[1], device))
+        )
+        hp = self.hparams
+
+        def loss(hidden, weight, target, bias):
+            return term(hidden, weight, target, bias, ref, hp)
+
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+            unlearnx_loss=loss,
+        )
+        return out.loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        forget = self._term(model, inputs["forget"], self.forget_cache, self.method.forget)
+        logs = {"forget_loss": float(forget.detach())}
+        if self.retain == "none":
+            loss = self.forget_weight * forget
+        else:
+            if "retain" not in inputs:
+                raise ValueError(
+                    f"retain: the method uses a {self.retain!r} retain term but no retain set was given"
+                )
+            term, _ = RETAIN_TERMS[self.retain]
+            retain = self._term(model, inputs["retain"], self.retain_cache, term)
+            logs["retain_loss"] = float(retain.detach())
+            if self.dual is not None:
+                self.dual.observe(retain.detach())
+                loss = forget + self.dual.lam * (retain - self.dual.eps)
+                logs["lambda"] = self.dual.lam
+            else:
+                loss = self.forget_weight * forget + self.retain_weight * retain
+        if self.model.training:
+            self._unlearnx_logs = logs
+        return (loss, None) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        logs = {**getattr(self, "_unlearnx_logs", {}), **logs}
+        super().log(logs, *args, **kwargs)
