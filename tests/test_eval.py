@@ -247,7 +247,10 @@ def test_cli_eval_rejects_bad_arguments_before_loading(
 
     (tmp_path / "config.json").write_text("{}")
     monkeypatch.chdir(tmp_path)  # "." is then a folder with a config.json
-    data = ["--data-dir", str(DATA)] if "--data-dir" not in extra else []
+    stub = tmp_path / "tofu"  # argument checks only look for the split's file
+    stub.mkdir()
+    (stub / "forget10_perturbed.json").write_text("")
+    data = ["--data-dir", str(stub)] if "--data-dir" not in extra else []
     assert main(["eval", "--out", str(tmp_path / "o"), *data, *extra]) == 2
     assert needle in capsys.readouterr().err
 
