@@ -86,3 +86,41 @@ def test_resolve_rejects_bad_settings() -> None:
         resolve("pdu", retain="none")
     _, hp, retain = resolve("simnpo", {"beta": 1.0})
     assert hp == {"beta": 1.0, "gamma": 0.0} and retain == "nll"
+
+
+@needs_data
+def test_resume_after_interruption_reproduces_the_uninterrupted_run(target, tmp_path: Path) -> None:
+    from transformers import TrainerCallback
+
+    from unlearnx.train.api import save_model
+
+    base, tok, forget, retain = target
+    cfg = UnlearnConfig(
+        method="pdu",
+        learning_rate=1e-3,
+        max_steps=4,
+        batch_size=2,
+        save_steps=2,
+        hparams={"lambda0": 1.0, "eta": 2.0, "eps": 0.0},
+    )
+
+    full = copy.deepcopy(base)
+    res_full = unlearn(full, tok, forget, retain, cfg, tmp_path / "full")
+
+    class StopAfterTwo(TrainerCallback):  # the "kill": training ends right after the step-2 checkpoint
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                control.should_training_stop = True
+
+    first = copy.deepcopy(base)
+    unlearn(first, tok, forget, retain, cfg, tmp_path / "cut", callbacks=[StopAfterTwo()])
+    assert (tmp_path / "cut" / "checkpoints" / "checkpoint-2").is_dir()
+    resumed = copy.deepcopy(base)  # a new process starts again from the original model
+    res = unlearn(resumed, tok, forget, retain, cfg, tmp_path / "cut", resume=True)
+    assert res["steps"] == 4 and res["lambda"] == pytest.approx(res_full["lambda"])
+    for (name, a), b in zip(full.named_parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+    # the reference cache is far smaller than a second model (here: only S_ref is needed)
+    assert res["cache_bytes"] < res["reference_model_bytes"]
+    saved = save_model(resumed, tok, tmp_path / "model")
+    assert (saved / "config.json").is_file() and not list(tmp_path.glob(".model-*"))

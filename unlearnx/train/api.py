@@ -33,6 +33,8 @@ class UnlearnConfig:
     bf16: bool = False
     dual_per_micro_batch: bool = False
     logging_steps: int = 1
+    save_steps: int | None = None  # checkpoint every N optimiser steps (resumable)
+    max_steps: int | None = None  # overrides epochs
 
 
 def unlearn(
@@ -42,9 +44,15 @@ def unlearn(
     retain: list[tuple[str, str]] | None,
     config: UnlearnConfig,
     out_dir: str | Path,
+    *,
+    resume: bool = False,
+    callbacks: list | None = None,
 ) -> dict:
     """Runs ``config.method`` on ``model`` (trained in place) with the forget (and retain) QA
-    pairs; writes ``out_dir/metrics.jsonl`` and returns ``{"cache_bytes", "steps", "lambda"}``."""
+    pairs. Writes ``out_dir/metrics.jsonl`` and, with ``save_steps``, resumable checkpoints
+    under ``out_dir/checkpoints`` (``resume=True`` continues from the latest). Returns
+    ``{"cache_bytes", "reference_model_bytes", "steps", "lambda"}``: the reference cache's
+    size against what keeping a frozen copy of the model would hold."""
     method, hp, retain_term = resolve(config.method, config.hparams, config.retain)
     if retain_term != "none" and not retain:
         raise ValueError(
@@ -83,13 +91,16 @@ def unlearn(
         bf16=config.bf16,
         remove_unused_columns=False,
         report_to=[],
-        save_strategy="no",
         logging_steps=config.logging_steps,
         use_cpu=not torch.cuda.is_available(),
         lr_scheduler_type="constant",
         weight_decay=0.0,
+        max_steps=config.max_steps or -1,
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        restore_callback_states_from_checkpoint=True,
     )
-    callbacks = [MetricsJsonl(out_dir / "metrics.jsonl"), *([dual] if dual else [])]
+    callbacks = [MetricsJsonl(out_dir / "metrics.jsonl"), *([dual] if dual else []), *(callbacks or [])]
     trainer = UnlearnTrainer(
         model=model,
         args=args,
@@ -103,12 +114,33 @@ def unlearn(
         retain_cache=retain_cache,
         forget_weight=config.forget_weight,
         retain_weight=config.retain_weight,
-        dual=dual,
     )
-    trainer.train()
+    has_checkpoint = resume and any((out_dir / "checkpoints").glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
     cache_bytes = sum(c.nbytes() for c in (forget_cache, retain_cache) if c is not None)
     return {
         "cache_bytes": cache_bytes,
+        "reference_model_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
         "steps": trainer.state.global_step,
-        "lambda": None if dual is None else dual.lam,
+        "lambda": None if trainer.dual is None else trainer.dual.lam,
     }
+
+
+def save_model(model, tokenizer, path: str | Path) -> Path:
+    """Saves model and tokenizer to ``path`` atomically: a temporary sibling folder first, then
+    renamed into place, so a kill during the save leaves either the old or the new folder."""
+    import os
+    import shutil
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    old = path.with_name(f".{path.name}-old")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path

@@ -9,13 +9,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from unlearnx.integrations.transformers import patch_causal_lm
 from unlearnx.train.cache import ReferenceCache
 from unlearnx.train.methods import RETAIN_TERMS, Method
 
 
-class PrimalDual(TrainerCallback):
+class PrimalDual(TrainerCallback, ExportableState):
     """``lambda <- max(0, lambda + eta (L_r - eps))`` once per optimiser step, on the retain
     loss averaged over the step's micro-batches and all-reduced across ranks, after
     ``warmup_steps``. ``per_micro_batch=True`` is the authors' variant (open-unlearning PDU):
@@ -35,6 +36,19 @@ class PrimalDual(TrainerCallback):
             return
         self._sum += float(retain_loss)
         self._count += 1
+
+    def state(self) -> dict:
+        """Saved in checkpoints, so a resumed run continues with the same lambda."""
+        return {
+            "args": {
+                "lambda0": self.lam,
+                "eta": self.eta,
+                "eps": self.eps,
+                "warmup_steps": self.warmup_steps,
+                "per_micro_batch": self.per_micro_batch,
+            },
+            "attributes": {"lam": self.lam, "step": self.step},
+        }
 
     def on_step_end(self, args, state, control, **kwargs):
         self.step = state.global_step
@@ -74,7 +88,7 @@ def _shifted(ref: dict[str, Tensor]) -> dict[str, Tensor]:
 class UnlearnTrainer(Trainer):
     """``Trainer`` whose batches are ``{"forget": ..., "retain": ...}`` (see
     ``train.data.PairCollator``) and whose loss is ``forget_weight * L_f + retain_weight * L_r``,
-    or ``L_f + lambda (L_r - eps)`` with a :class:`PrimalDual`."""
+    or ``L_f + lambda (L_r - eps)`` when a :class:`PrimalDual` is among the callbacks."""
 
     def __init__(
         self,
@@ -86,14 +100,18 @@ class UnlearnTrainer(Trainer):
         retain_cache: ReferenceCache | None,
         forget_weight: float = 1.0,
         retain_weight: float = 1.0,
-        dual: PrimalDual | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         patch_causal_lm(self.model)
         self.method, self.hparams, self.retain = method, hparams, retain
         self.forget_cache, self.retain_cache = forget_cache, retain_cache
-        self.forget_weight, self.retain_weight, self.dual = forget_weight, retain_weight, dual
+        self.forget_weight, self.retain_weight = forget_weight, retain_weight
+
+    @property
+    def dual(self) -> PrimalDual | None:
+        # looked up each time: resuming from a checkpoint replaces the callback with a restored copy
+        return next((c for c in self.callback_handler.callbacks if isinstance(c, PrimalDual)), None)
 
     def _term(self, model, batch: dict[str, Tensor], cache: ReferenceCache | None, term) -> Tensor:
         device = batch["input_ids"].device
@@ -128,10 +146,11 @@ class UnlearnTrainer(Trainer):
             term, _ = RETAIN_TERMS[self.retain]
             retain = self._term(model, inputs["retain"], self.retain_cache, term)
             logs["retain_loss"] = float(retain.detach())
-            if self.dual is not None:
-                self.dual.observe(retain.detach())
-                loss = forget + self.dual.lam * (retain - self.dual.eps)
-                logs["lambda"] = self.dual.lam
+            dual = self.dual
+            if dual is not None:
+                dual.observe(retain.detach())
+                loss = forget + dual.lam * (retain - dual.eps)
+                logs["lambda"] = dual.lam
             else:
                 loss = self.forget_weight * forget + self.retain_weight * retain
         if self.model.training:
