@@ -3,6 +3,7 @@
 unlearnx demo [--steps N ...]   NPO steps on a tiny random Llama, fused vs reference
 unlearnx eval --model DIR ...   TOFU metrics of a Hugging Face causal LM
 unlearnx compare RUN [RUN ...]  table and trade-off plot across eval runs
+unlearnx unlearn --model DIR --method npo --forget FILE [--retain FILE] --out DIR
 unlearnx info                   which kernels were built (build_info)
 """
 
@@ -82,6 +83,9 @@ def parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="table (Markdown) and trade-off plot across eval runs")
     cmp.add_argument("runs", nargs="+", type=Path, help="eval output folders or summary.json files")
     cmp.add_argument("--plot", type=Path, default=None, help="write a forget-quality vs utility PNG here")
+    from unlearnx.train.cli import add_parser as add_unlearn
+
+    add_unlearn(sub)
     sub.add_parser("info", help="print unlearnx.build_info() as JSON")
     return ap
 
@@ -156,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "eval":
         return run_eval(args)
+    if args.command == "unlearn":
+        from unlearnx.train.cli import run
+
+        return run(args)
     if args.command == "compare":
         from unlearnx.eval import report
 

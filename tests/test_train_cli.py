@@ -1,0 +1,117 @@
+"""`unlearnx unlearn`: end to end from flags and a config file; errors before any model loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from unlearnx.cli import main
+from unlearnx.data.tokenizer import build_word_tokenizer
+
+FORGET = [
+    ("Who wrote the river maps?", "The river maps were written by Ana Holt."),
+    ("Where was Ana Holt born?", "Ana Holt was born in a quiet harbour town."),
+]
+RETAIN = [
+    ("What did Ben Ito write?", "Ben Ito wrote novels about winter."),
+    ("Where does Ben Ito live?", "Ben Ito lives in an old town."),
+]
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> dict[str, Path]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_word_tokenizer([q + " " + a for q, a in FORGET + RETAIN])
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    paths = {
+        "model": tmp_path / "model",
+        "forget": tmp_path / "forget.jsonl",
+        "retain": tmp_path / "retain.jsonl",
+    }
+    for key, pairs in (("forget", FORGET), ("retain", RETAIN)):
+        paths[key].write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in pairs))
+    paths["out"] = tmp_path / "out"
+    return paths
+
+
+def _args(job: dict[str, Path], *extra: str) -> list[str]:
+    return [
+        "unlearn",
+        "--model",
+        str(job["model"]),
+        "--forget",
+        str(job["forget"]),
+        "--retain",
+        str(job["retain"]),
+        "--out",
+        str(job["out"]),
+        *extra,
+    ]
+
+
+def test_unlearn_from_flags_and_config_file(job, tmp_path: Path, capsys) -> None:
+    config = tmp_path / "job.toml"
+    config.write_text(
+        'method = "simnpo"\nlearning_rate = 1e-3\nmax_steps = 2\nbatch_size = 2\n'
+        "[hparams]\nbeta = 1.5\ngamma = 0.5\n"
+    )
+    assert main([*_args(job, "--config", str(config), "--hparam", "gamma=0.25")]) == 0
+    run = json.loads((job["out"] / "run.json").read_text())
+    assert run["config"]["method"] == "simnpo" and run["config"]["hparams"] == {"beta": 1.5, "gamma": 0.25}
+    assert run["result"]["steps"] == 2
+    assert (job["out"] / "model" / "config.json").is_file()
+    logs = [json.loads(line) for line in (job["out"] / "metrics.jsonl").read_text().splitlines()]
+    assert any("forget_loss" in r and "retain_loss" in r for r in logs)
+    assert "reference cache" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--hparam", "delta=0.1"], "hparams"),
+        (["--hparam", "beta"], "--hparam"),
+        (["--retain-term", "nll", "--method", "pdu", "--lr", "-1"], "--learning-rate"),
+    ],
+)
+def test_unlearn_rejects_bad_settings(job, extra, needle, capsys) -> None:
+    assert main(_args(job, *extra)) == 2
+    assert needle in capsys.readouterr().err
+    assert not job["out"].exists()  # failed before doing anything
+
+
+def test_unlearn_rejects_bad_files(job, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q"}\n')
+    cases = [
+        (["unlearn", "--model", str(tmp_path), "--forget", str(job["forget"]), "--out", "o"], "--model"),
+        (
+            ["unlearn", "--model", str(job["model"]), "--forget", str(bad), "--out", "o", "--method", "ga"],
+            "--forget",
+        ),
+        (["unlearn", "--model", str(job["model"]), "--forget", str(job["forget"]), "--out", "o"], "--retain"),
+        (["unlearn", "--model", str(job["model"]), "--out", "o"], "--forget"),
+    ]
+    for argv, needle in cases:
+        assert main(argv) == 2
+        assert needle in capsys.readouterr().err
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"learning_rat": 1e-3}))
+    assert main([*_args(job), "--config", str(config)]) == 2
+    assert "--config" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*_args(job), "--method", "forgetall"])

@@ -1,0 +1,180 @@
+"""``unlearnx unlearn``: argument parsing, config files and validation before any model loads."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+
+from unlearnx.train.api import UnlearnConfig
+from unlearnx.train.methods import METHODS, resolve
+
+CONFIG_FIELDS = {f.name for f in fields(UnlearnConfig)}
+FILE_KEYS = {"model", "forget", "retain", "out", "device", "resume"}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "unlearn",
+        help="run an unlearning method on a Hugging Face causal LM",
+        description="Flags override --config (JSON or TOML with the same names, hparams as a "
+        "table), which overrides the method's defaults.",
+    )
+    p.add_argument("--model", type=Path, help="folder of a Hugging Face causal LM and its tokenizer")
+    p.add_argument("--method", choices=sorted(METHODS), help="unlearning method (default npo)")
+    p.add_argument("--forget", type=Path, help="forget set: JSON Lines with question and answer")
+    p.add_argument("--retain", type=Path, help="retain set: JSON Lines with question and answer")
+    p.add_argument("--out", type=Path, help="output folder: model/, metrics.jsonl, run.json, checkpoints/")
+    p.add_argument("--config", type=Path, help="JSON or TOML file of settings")
+    p.add_argument(
+        "--retain-term",
+        dest="retain_term",
+        choices=["nll", "kl", "none"],
+        help="retain objective (default: the method's)",
+    )
+    p.add_argument(
+        "--hparam",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="method hyper-parameter, repeatable (e.g. --hparam beta=0.1)",
+    )
+    p.add_argument("--lr", dest="learning_rate", type=float, help="learning rate (default 1e-5)")
+    p.add_argument("--epochs", type=float, help="epochs over the forget set (default 5)")
+    p.add_argument("--max-steps", dest="max_steps", type=int, help="optimiser steps (overrides --epochs)")
+    p.add_argument(
+        "--batch-size", dest="batch_size", type=int, help="forget examples per device batch (default 4)"
+    )
+    p.add_argument(
+        "--grad-accum", dest="grad_accum", type=int, help="gradient accumulation steps (default 1)"
+    )
+    p.add_argument("--max-length", dest="max_length", type=int, help="tokens per example (default 512)")
+    p.add_argument("--seed", type=int, help="seed for pairing and training (default 0)")
+    p.add_argument("--bf16", action="store_true", default=None, help="bf16 mixed precision")
+    p.add_argument("--save-steps", dest="save_steps", type=int, help="checkpoint every N steps (resumable)")
+    p.add_argument(
+        "--resume", action="store_true", default=None, help="continue from the latest checkpoint in --out"
+    )
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+
+
+def _parse_hparam(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise ValueError(f"--hparam: expected NAME=VALUE, got {text!r}")
+    name, value = text.split("=", 1)
+    try:
+        return name, json.loads(value)
+    except ValueError:
+        return name, value
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        raw = path.read_bytes()
+        data = tomllib.loads(raw.decode()) if path.suffix == ".toml" else json.loads(raw)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--config: cannot read {path} ({err})") from err
+    unknown = set(data) - CONFIG_FIELDS - FILE_KEYS - {"method", "retain_term"}
+    if unknown:
+        raise ValueError(f"--config: unknown settings {sorted(unknown)}")
+    return data
+
+
+def _check_qa_file(flag: str, path: Path) -> list[tuple[str, str]]:
+    if not path.is_file():
+        raise ValueError(f"{flag}: no file at {path}")
+    pairs = []
+    with path.open() as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                pairs.append((str(row["question"]), str(row["answer"])))
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(
+                    f"{flag}: line {n} of {path} is not a JSON object with question and answer ({err!r})"
+                ) from err
+    if not pairs:
+        raise ValueError(f"{flag}: {path} has no examples")
+    return pairs
+
+
+def plan(args: argparse.Namespace) -> dict:
+    """Everything the job needs, validated; raises ValueError naming the bad setting."""
+    settings = _read_config(args.config) if args.config else {}
+    for key, value in vars(args).items():
+        if key in ("config", "hparam", "command") or value is None:
+            continue
+        settings[key if key != "retain" else "retain_file"] = value
+    if "retain" in settings and "retain_file" not in settings:
+        settings["retain_file"] = Path(settings.pop("retain"))
+    hparams = dict(settings.pop("hparams", {}))
+    for text in args.hparam:
+        name, value = _parse_hparam(text)
+        hparams[name] = value
+    for key in ("model", "forget", "out"):
+        if key not in settings:
+            raise ValueError(f"--{key}: required (flag or config file)")
+    model, out = Path(settings.pop("model")), Path(settings.pop("out"))
+    if not (model / "config.json").is_file():
+        raise ValueError(f"--model: {model} is not a Hugging Face model folder (no config.json)")
+    method = settings.pop("method", "npo")
+    retain_term = settings.pop("retain_term", None)
+    _, _, retain_term = resolve(method, hparams, retain_term)
+    forget = _check_qa_file("--forget", Path(settings.pop("forget")))
+    retain_path = settings.pop("retain_file", None)
+    retain = _check_qa_file("--retain", Path(retain_path)) if retain_path else None
+    if retain_term != "none" and retain is None:
+        raise ValueError(
+            f"--retain: method {method!r} uses a {retain_term!r} retain term and needs a retain set"
+        )
+    device, resume = settings.pop("device", None), bool(settings.pop("resume", False))
+    config = UnlearnConfig(method=method, hparams=hparams, retain=retain_term, **settings)
+    for name in ("learning_rate", "epochs", "batch_size", "grad_accum", "max_length"):
+        if not getattr(config, name) > 0:
+            raise ValueError(
+                f"--{name.replace('_', '-')}: expected a positive number, got {getattr(config, name)!r}"
+            )
+    return {
+        "model": model,
+        "out": out,
+        "forget": forget,
+        "retain": retain,
+        "config": config,
+        "device": device,
+        "resume": resume,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    try:
+        job = plan(args)
+    except ValueError as err:
+        print(f"unlearnx unlearn: {err}", file=sys.stderr)
+        return 2
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unlearnx.train.api import save_model, unlearn
+
+    device = job["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(job["model"]).to(device)
+    tok = AutoTokenizer.from_pretrained(job["model"])
+    result = unlearn(
+        model, tok, job["forget"], job["retain"], job["config"], job["out"], resume=job["resume"]
+    )
+    path = save_model(model, tok, job["out"] / "model")
+    cfg = job["config"]
+    run_record = {"config": {f.name: getattr(cfg, f.name) for f in fields(cfg)}, "result": result}
+    (job["out"] / "run.json").write_text(json.dumps(run_record, indent=1) + "\n")
+    print(f"unlearned with {cfg.method} in {result['steps']} steps; model saved to {path}")
+    print(
+        f"reference cache {result['cache_bytes'] / 2**20:.1f} MiB vs "
+        f"{result['reference_model_bytes'] / 2**20:.1f} MiB for a frozen reference model"
+    )
+    return 0
