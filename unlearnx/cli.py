@@ -1,6 +1,7 @@
 """The ``unlearnx`` command.
 
-unlearnx demo [--steps N ...]   NPO steps on a tiny random Llama, fused vs reference
+unlearnx demo [--out DIR]       train, unlearn with every method, evaluate (synthetic, CPU)
+unlearnx bench [--steps N ...]  NPO steps on a tiny random Llama, fused vs reference
 unlearnx eval --model DIR ...   TOFU metrics of a Hugging Face causal LM
 unlearnx compare RUN [RUN ...]  table and trade-off plot across eval runs
 unlearnx unlearn --model DIR --method npo --forget FILE [--retain FILE] --out DIR
@@ -16,7 +17,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from unlearnx.data.tofu import FORGET_SPLITS
-from unlearnx.demo import DemoConfig
+from unlearnx.quickbench import QuickBenchConfig
+from unlearnx.train.methods import METHODS
 
 DEFAULT_TOFU_DIR = Path("..") / "shared" / "data" / "tofu"
 
@@ -38,21 +40,31 @@ def _positive_float(text: str) -> float:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="unlearnx", description="LLM unlearning with fused LM-head losses.")
     sub = ap.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="NPO steps on a tiny random Llama: fused vs reference time and memory")
-    d = DemoConfig()
-    demo.add_argument(
+    full = sub.add_parser("demo", help="synthetic benchmark: train, unlearn with every method, evaluate")
+    full.add_argument(
+        "--out", type=Path, default=Path("demo-out"), help="folder for report.json and tradeoff.png"
+    )
+    full.add_argument(
+        "--methods", nargs="+", default=None, choices=sorted(METHODS), help="methods (default: all)"
+    )
+    full.add_argument("--seed", type=int, default=0)
+    bench = sub.add_parser(
+        "bench", help="NPO steps on a tiny random Llama: fused vs reference time and memory"
+    )
+    d = QuickBenchConfig()
+    bench.add_argument(
         "--steps", type=_positive_int, default=d.steps, help="training steps per implementation"
     )
-    demo.add_argument("--batch", type=_positive_int, default=d.batch, help="sequences per batch")
-    demo.add_argument("--seq-len", type=_positive_int, default=d.seq_len, help="tokens per sequence")
-    demo.add_argument("--hidden", type=_positive_int, default=d.hidden, help="model hidden size D")
-    demo.add_argument("--layers", type=_positive_int, default=d.layers, help="decoder layers")
-    demo.add_argument("--vocab", type=_positive_int, default=d.vocab, help="vocabulary size V")
-    demo.add_argument("--beta", type=_positive_float, default=d.beta, help="NPO beta")
-    demo.add_argument("--lr", type=_positive_float, default=d.lr, help="AdamW learning rate")
-    demo.add_argument("--device", default=d.device, help="cpu or cuda")
-    demo.add_argument("--seed", type=int, default=d.seed)
-    demo.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    bench.add_argument("--batch", type=_positive_int, default=d.batch, help="sequences per batch")
+    bench.add_argument("--seq-len", type=_positive_int, default=d.seq_len, help="tokens per sequence")
+    bench.add_argument("--hidden", type=_positive_int, default=d.hidden, help="model hidden size D")
+    bench.add_argument("--layers", type=_positive_int, default=d.layers, help="decoder layers")
+    bench.add_argument("--vocab", type=_positive_int, default=d.vocab, help="vocabulary size V")
+    bench.add_argument("--beta", type=_positive_float, default=d.beta, help="NPO beta")
+    bench.add_argument("--lr", type=_positive_float, default=d.lr, help="AdamW learning rate")
+    bench.add_argument("--device", default=d.device, help="cpu or cuda")
+    bench.add_argument("--seed", type=int, default=d.seed)
+    bench.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     ev = sub.add_parser(
         "eval", help="TOFU metrics (probability, ROUGE-L, truth ratio, forget quality, utility)"
     )
@@ -175,16 +187,35 @@ def main(argv: list[str] | None = None) -> int:
         if args.plot is not None:
             print(f"wrote {report.plot_tradeoff(runs, args.plot)}")
         return 0
-    import torch
+    if args.command == "demo":
+        return run_demo(args)
+    return run_bench(args)
 
+
+def run_demo(args: argparse.Namespace) -> int:
     from unlearnx import demo
 
-    cfg = DemoConfig(**{f.name: getattr(args, f.name) for f in fields(DemoConfig)})
+    cfg = demo.DemoConfig(
+        out=args.out, seed=args.seed, **({"methods": tuple(args.methods)} if args.methods else {})
+    )
+    rep = demo.run(cfg)
+    print(demo.table(rep))
+    failed = {m: a for m, a in rep["acceptance"].items() if not all(a.values())}
+    print("acceptance (forget_prob halved, utility >= 80% of target):", failed or "all met")
+    print(f"wrote {args.out / 'report.json'} and {args.out / 'tradeoff.png'}")
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from unlearnx import quickbench
+
+    cfg = QuickBenchConfig(**{f.name: getattr(args, f.name) for f in fields(QuickBenchConfig)})
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"unlearnx demo: --device {cfg.device} requested but no CUDA GPU is available", file=sys.stderr)
-        return 2
-    results = demo.run(cfg)
-    print(json.dumps(results, indent=1) if args.json else demo.report(cfg, results))
+        return _fail(f"--device: {cfg.device} requested but no CUDA GPU is available")
+    results = quickbench.run(cfg)
+    print(json.dumps(results, indent=1) if args.json else quickbench.report(cfg, results))
     return 0
 
 

@@ -1,126 +1,211 @@
-"""End-to-end example: NPO unlearning steps on a tiny Hugging Face Llama, fused vs reference.
+"""``unlearnx demo``: a full finetune -> unlearn -> evaluate cycle on a CPU, no downloads.
 
-A randomly initialised ``LlamaForCausalLM`` gets a "forget" batch (random token
-sequences whose first quarter is a prompt, masked with -100). The reference
-log-probabilities ``S_ref`` are computed once, forward-only, with the fused
-:func:`unlearnx.functional.sequence_logprobs` (what a reference cache stores). Then two
-identical copies of the model take the same AdamW steps on the NPO loss: one through
-the fused loss on the final hidden states and ``lm_head.weight``, one through
-:mod:`unlearnx.reference`, which materialises the ``[tokens, V]`` logits. The demo
-prints both loss curves, the time per step and the peak extra memory of a step.
-
-This is the interim main job; the full demo (synthetic benchmark, every method,
-evaluation) replaces it when the training driver lands.
+1. Generates the synthetic fictitious-author benchmark (``unlearnx.data.synthetic``) and a
+   word-level tokenizer for it.
+2. Trains a tiny Llama-architecture model from scratch on everything (the *target*) and
+   another on everything but the forget authors (the *retain model*, the gold standard).
+3. Runs every unlearning method on a copy of the target and evaluates each:
+   ``forget_prob`` (mean per-token answer probability on the forget set, TOFU's prob),
+   ``model_utility`` (harmonic mean of prob, ROUGE-L recall and truth-ratio score on the retain
+   and facts splits), ``forget_quality`` (KS p-value of forget-set truth ratios against the
+   retain model's), wall ``seconds`` and ``peak_mb`` (resident peak above the start).
+4. Prints a table and writes ``OUT/report.json`` and ``OUT/tradeoff.png``.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
-from torch import Tensor
 
-from unlearnx import functional, reference
-from unlearnx.profiling import median_ms, peak_extra_mb
+from unlearnx.data import synthetic
+from unlearnx.data.tokenizer import build_word_tokenizer
+from unlearnx.eval import report, tofu
+from unlearnx.profiling import peak_extra_mb
+from unlearnx.train.api import UnlearnConfig, finetune, unlearn
+from unlearnx.train.methods import METHODS
+
+# Per-method settings for the demo's tiny model (learning rate, epochs over the forget set,
+# hyper-parameters), tuned on this demo (README "Demo"): PDU's dual starts high like the
+# authors' lambda0 = 100; DTO targets 70% of the answer tokens for 10 epochs.
+DEMO_METHOD_SETTINGS: dict[str, dict] = {
+    "ga": {"learning_rate": 1e-3, "epochs": 5},
+    "grad_diff": {"learning_rate": 1e-3, "epochs": 5},
+    "npo": {"learning_rate": 1e-3, "epochs": 5},
+    "simnpo": {"learning_rate": 1e-3, "epochs": 5},
+    "dipo": {"learning_rate": 1e-3, "epochs": 5},
+    "pdu": {"learning_rate": 1e-3, "epochs": 5, "hparams": {"lambda0": 50.0, "eta": 5.0, "eps": 0.02}},
+    "dto": {"learning_rate": 1e-3, "epochs": 10, "hparams": {"target_ratio": 0.7}},
+}
 
 
 @dataclass
 class DemoConfig:
-    steps: int = 4
-    batch: int = 8
-    seq_len: int = 512
-    hidden: int = 256
+    out: Path = Path("demo-out")
+    n_authors: int = 20
+    forget_authors: int = 2
+    n_facts: int = 20
+    hidden: int = 128
     layers: int = 2
-    vocab: int = 32000
-    beta: float = 0.1
-    lr: float = 3e-5
-    device: str = "cpu"
+    train_epochs: float = 40.0
+    train_lr: float = 3e-3
+    batch_size: int = 8
+    methods: tuple[str, ...] = tuple(METHODS)
+    method_settings: dict = field(default_factory=lambda: copy.deepcopy(DEMO_METHOD_SETTINGS))
+    max_new_tokens: int = 16
     seed: int = 0
 
 
-def tiny_llama(cfg: DemoConfig):
+def _pairs(rows: list[dict]) -> list[tuple[str, str]]:
+    return [(r["question"], r["answer"]) for r in rows]
+
+
+def _model(cfg: DemoConfig, vocab: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(cfg.seed)
-    heads = max(1, cfg.hidden // 64)
-    config = LlamaConfig(
-        vocab_size=cfg.vocab,
+    heads = max(1, cfg.hidden // 32)
+    conf = LlamaConfig(
+        vocab_size=vocab,
         hidden_size=cfg.hidden,
         intermediate_size=2 * cfg.hidden,
         num_hidden_layers=cfg.layers,
         num_attention_heads=heads,
         num_key_value_heads=heads,
-        max_position_embeddings=cfg.seq_len,
+        max_position_embeddings=128,
         tie_word_embeddings=False,
     )
-    return LlamaForCausalLM(config).to(cfg.device)
+    return LlamaForCausalLM(conf)
 
 
-def forget_batch(cfg: DemoConfig) -> tuple[Tensor, Tensor]:
-    """``(input_ids (B, T), target (B, T))``: target is input shifted by one, prompt masked."""
-    g = torch.Generator().manual_seed(cfg.seed + 1)
-    ids = torch.randint(0, cfg.vocab, (cfg.batch, cfg.seq_len + 1), generator=g)
-    target = ids[:, 1:].clone()
-    target[:, : cfg.seq_len // 4] = -100
-    return ids[:, :-1].to(cfg.device), target.to(cfg.device)
-
-
-def npo_loss(model, impl: str, ids: Tensor, target: Tensor, ref_logps: Tensor, beta: float) -> Tensor:
-    hidden = model.model(input_ids=ids).last_hidden_state
-    module = functional if impl == "fused" else reference
-    return module.npo_loss(hidden, model.lm_head.weight, target, ref_logps, beta=beta)
-
-
-def run(cfg: DemoConfig) -> dict:
-    """Runs the demo; returns ``{impl: {"losses", "ms_per_step", "peak_extra_mb"}}``."""
-    device = torch.device(cfg.device)
-    base = tiny_llama(cfg)
-    ids, target = forget_batch(cfg)
-    with torch.no_grad():
-        ref_logps, _ = functional.sequence_logprobs(
-            base.model(input_ids=ids).last_hidden_state, base.lm_head.weight, target
+def evaluate(
+    model, tok, data: dict[str, list[dict]], cfg: DemoConfig, retain_ratios: list[float] | None
+) -> dict:
+    model.eval()
+    per = {
+        name: tofu.evaluate_split(
+            model, tok, data[name], "qa", batch_size=16, max_new_tokens=cfg.max_new_tokens
         )
-    results = {}
-    for impl in ("fused", "reference"):
-        model = copy.deepcopy(base).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-        losses: list[float] = []
-
-        def step(model=model, opt=opt, impl=impl, losses=losses) -> None:
-            opt.zero_grad(set_to_none=True)
-            loss = npo_loss(model, impl, ids, target, ref_logps, cfg.beta)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-
-        step()  # creates the optimiser state, so the measured steps are steady-state
-        peak = peak_extra_mb(step, device)
-        ms = median_ms(step, device, repeats=max(1, cfg.steps - 2), warmup=0)
-        results[impl] = {"losses": losses, "ms_per_step": ms, "peak_extra_mb": peak}
-        del model, opt
-    return results
+        for name in ("forget", "retain", "facts")
+    }
+    summary = {name: tofu.summarize(rows) for name, rows in per.items()}
+    scores = [summary[s][m] for s in ("retain", "facts") for m in ("prob", "rouge", "truth_ratio")]
+    forget_ratios = [e["truth_ratio"] for e in per["forget"]]
+    return {
+        "forget_prob": summary["forget"]["prob"],
+        "model_utility": 0.0 if min(scores) <= 0 else len(scores) / sum(1 / s for s in scores),
+        "forget_quality": None
+        if retain_ratios is None
+        else tofu.forget_quality(torch.tensor(forget_ratios), torch.tensor(retain_ratios)),
+        "forget_truth_ratios": forget_ratios,
+        "splits": summary,
+    }
 
 
-def report(cfg: DemoConfig, results: dict) -> str:
-    n_tokens = cfg.batch * (cfg.seq_len - cfg.seq_len // 4)
-    lines = [
-        f"unlearnx demo: NPO (beta={cfg.beta}) on a random Llama ({cfg.layers} layers, D={cfg.hidden}, "
-        f"V={cfg.vocab}), {cfg.batch} x {cfg.seq_len} tokens ({n_tokens} answer tokens), fp32, {cfg.device}",
-        "",
-        "step   loss fused    loss reference",
+def run(cfg: DemoConfig, log=print) -> dict:
+    """The whole demo; returns the report (also written to ``cfg.out/report.json``)."""
+    unknown = set(cfg.methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"methods: unknown {sorted(unknown)}; choose from {sorted(METHODS)}")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    data = synthetic.split(cfg.n_authors, cfg.forget_authors, cfg.n_facts, cfg.seed)
+    texts = [
+        r[k] for rows in data.values() for r in rows for k in ("question", "answer", "paraphrased_answer")
     ]
-    fused, ref = results["fused"]["losses"], results["reference"]["losses"]
-    lines += [f"{i:>4}   {a:11.6f}   {b:15.6f}" for i, (a, b) in enumerate(zip(fused, ref, strict=True))]
-    lines += ["", "impl        ms/step   peak extra MiB (one training step)"]
-    for impl in ("fused", "reference"):
-        r = results[impl]
-        lines.append(f"{impl:<10} {r['ms_per_step']:8.0f}   {r['peak_extra_mb']:8.0f}")
-    f, r = results["fused"], results["reference"]
-    lines += [
-        "",
-        f"fused / reference: time {f['ms_per_step'] / r['ms_per_step']:.2f}x, "
-        f"peak extra memory {f['peak_extra_mb'] / r['peak_extra_mb']:.2f}x; "
-        f"largest loss difference {max(abs(a - b) for a, b in zip(fused, ref, strict=True)):.2e}",
-    ]
+    texts += [p for rows in data.values() for r in rows for p in r["perturbed_answer"]]
+    tok = build_word_tokenizer(texts)
+    train_cfg = UnlearnConfig(
+        learning_rate=cfg.train_lr,
+        epochs=cfg.train_epochs,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        logging_steps=50,
+    )
+    report_json: dict = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    }
+    models = {}
+    for name, rows in (
+        ("retain_model", data["retain"] + data["facts"]),
+        ("target", data["forget"] + data["retain"] + data["facts"]),
+    ):
+        t0 = time.perf_counter()
+        model = _model(cfg, len(tok))
+        finetune(model, tok, _pairs(rows), train_cfg, cfg.out / "runs" / name)
+        models[name] = model
+        log(f"trained {name} from scratch on {len(rows)} QA pairs in {time.perf_counter() - t0:.0f} s")
+    retain_eval = evaluate(models["retain_model"], tok, data, cfg, None)
+    retain_ratios = retain_eval["forget_truth_ratios"]
+    retain_eval["forget_quality"] = tofu.forget_quality(
+        torch.tensor(retain_ratios), torch.tensor(retain_ratios)
+    )
+    report_json["retain_model"] = retain_eval
+    report_json["target"] = evaluate(models["target"], tok, data, cfg, retain_ratios)
+    report_json["methods"] = {}
+    for method in cfg.methods:
+        settings = dict(cfg.method_settings.get(method, {}))
+        ucfg = UnlearnConfig(
+            method=method,
+            hparams=settings.pop("hparams", {}),
+            batch_size=4,
+            seed=cfg.seed,
+            logging_steps=5,
+            **settings,
+        )
+        model = copy.deepcopy(models["target"]).train()
+        t0 = time.perf_counter()
+        result: dict = {}
+
+        def job(model=model, ucfg=ucfg, method=method, result=result) -> None:
+            runs = cfg.out / "runs" / method
+            result.update(unlearn(model, tok, _pairs(data["forget"]), _pairs(data["retain"]), ucfg, runs))
+
+        peak = peak_extra_mb(job, torch.device("cpu"))
+        seconds = time.perf_counter() - t0
+        entry = evaluate(model, tok, data, cfg, retain_ratios)
+        entry.update(
+            seconds=seconds,
+            peak_mb=peak,
+            steps=result["steps"],
+            cache_bytes=result["cache_bytes"],
+            reference_model_bytes=result["reference_model_bytes"],
+        )
+        report_json["methods"][method] = entry
+        log(
+            f"{method:<10} forget_prob {entry['forget_prob']:.4f}  utility {entry['model_utility']:.4f}  "
+            f"{seconds:.0f} s"
+        )
+    report_json["acceptance"] = acceptance(report_json)
+    (cfg.out / "report.json").write_text(json.dumps(report_json, indent=1) + "\n")
+    runs = {"target": report_json["target"], "retain model": retain_eval, **report_json["methods"]}
+    report.plot_tradeoff(runs, cfg.out / "tradeoff.png")
+    return report_json
+
+
+def acceptance(rep: dict) -> dict:
+    """Per method but ``ga``: forget_prob at most half the target's, utility at least 80% of it."""
+    t = rep["target"]
+    return {
+        m: {
+            "forget_prob_halved": e["forget_prob"] <= 0.5 * t["forget_prob"],
+            "utility_kept_80pct": e["model_utility"] >= 0.8 * t["model_utility"],
+        }
+        for m, e in rep["methods"].items()
+        if m != "ga"
+    }
+
+
+def table(rep: dict) -> str:
+    rows = [("target", rep["target"]), ("retain model", rep["retain_model"]), *rep["methods"].items()]
+    lines = [f"{'model':<14}{'forget_prob':>12}{'utility':>10}{'forget_q':>10}{'seconds':>9}{'peak_mb':>9}"]
+    for name, e in rows:
+        fq = e.get("forget_quality")
+        lines.append(
+            f"{name:<14}{e['forget_prob']:12.4f}{e['model_utility']:10.4f}"
+            f"{'-' if fq is None else f'{fq:.3g}':>10}{e.get('seconds', 0):9.1f}{e.get('peak_mb', 0):9.0f}"
+        )
     return "\n".join(lines)

@@ -10,7 +10,7 @@ from transformers import TrainingArguments
 
 from unlearnx.train.cache import ReferenceCache
 from unlearnx.train.data import PairCollator, PairedDataset, QADataset
-from unlearnx.train.methods import RETAIN_TERMS, resolve
+from unlearnx.train.methods import RETAIN_TERMS, Method, resolve, retain_nll
 from unlearnx.train.trainer import MetricsJsonl, PrimalDual, UnlearnTrainer
 
 
@@ -54,6 +54,31 @@ def unlearn(
     ``{"cache_bytes", "reference_model_bytes", "steps", "lambda"}``: the reference cache's
     size against what keeping a frozen copy of the model would hold."""
     method, hp, retain_term = resolve(config.method, config.hparams, config.retain)
+    return _run(model, tokenizer, method, hp, retain_term, forget, retain, config, out_dir, resume, callbacks)
+
+
+def finetune(
+    model, tokenizer, pairs: list[tuple[str, str]], config: UnlearnConfig, out_dir: str | Path
+) -> dict:
+    """Plain NLL training on QA pairs (labels on the answers), through the same fused path;
+    used to build the demo's target and retain models."""
+    method = Method(retain_nll, frozenset(), retain="none")
+    return _run(model, tokenizer, method, {}, "none", pairs, None, config, out_dir, False, None)
+
+
+def _run(
+    model,
+    tokenizer,
+    method: Method,
+    hp: dict,
+    retain_term: str,
+    forget,
+    retain,
+    config: UnlearnConfig,
+    out_dir,
+    resume: bool,
+    callbacks: list | None,
+) -> dict:
     if retain_term != "none" and not retain:
         raise ValueError(
             f"retain: method {config.method!r} with retain term {retain_term!r} needs a retain set"
