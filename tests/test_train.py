@@ -55,11 +55,18 @@ def target(tmp_path_factory):
     return model.eval(), tok, forget, retain
 
 
+# Stated tolerance: in this test's 3 steps, every method but ga keeps the retain set's mean
+# per-token log-prob within 0.15 nats of the target's, and moves it less than the forget set's
+# (measured drops: retain 0.01-0.11, forget 0.24-1.26; ga drops retain by 0.18).
+RETAIN_TOLERANCE = 0.15
+
+
 @needs_data
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_lowers_forget_logprob(target, method: str, tmp_path: Path) -> None:
     base, tok, forget, retain = target
     before = _mean_logp(base, tok, forget)
+    retain_before = _mean_logp(base, tok, retain)
     assert before > -1.0  # memorised
     model = copy.deepcopy(base)
     result = unlearn(
@@ -72,6 +79,10 @@ def test_every_method_lowers_forget_logprob(target, method: str, tmp_path: Path)
     )
     after = _mean_logp(model.eval(), tok, forget)
     assert after < before - 0.05, f"{method}: forget mean log-prob {before:.3f} -> {after:.3f}"
+    if method != "ga":
+        retain_drop = retain_before - _mean_logp(model, tok, retain)
+        assert retain_drop <= RETAIN_TOLERANCE, f"{method}: retain mean log-prob fell by {retain_drop:.3f}"
+        assert retain_drop < before - after
     assert result["steps"] == 3 and (tmp_path / "metrics.jsonl").is_file()
     if METHODS[method].dual:
         assert result["lambda"] is not None
