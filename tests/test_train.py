@@ -135,3 +135,46 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(target, tmp_
     assert res["cache_bytes"] < res["reference_model_bytes"]
     saved = save_model(resumed, tok, tmp_path / "model")
     assert (saved / "config.json").is_file() and not list(tmp_path.glob(".model-*"))
+
+
+@needs_data
+def test_two_ddp_processes_match_one_at_the_same_global_batch(tmp_path: Path) -> None:
+    """torchrun, 2 processes x batch 2 on gloo/CPU against 1 process x batch 4, both over the
+    whole 4-example forget set per step (NPO averages over sequences, so the DDP gradient mean
+    equals the single-process one)."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).parent / "helpers" / "ddp_unlearn.py"
+    one = subprocess.run(
+        [sys.executable, str(script), str(DATA), str(tmp_path / "one.pt"), "4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29519",
+            str(script),
+            str(DATA),
+            str(tmp_path / "two.pt"),
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    initial = None
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=name)
+        initial = name
+    assert initial is not None
