@@ -115,3 +115,60 @@ def test_unlearn_rejects_bad_files(job, tmp_path: Path, capsys) -> None:
     assert "--config" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*_args(job), "--method", "forgetall"])
+
+
+def test_unlearn_on_plain_text_documents(job, tmp_path: Path) -> None:
+    """MUSE-style: a folder of .txt documents, chunked into --max-length tokens, all tokens targets."""
+    from unlearnx.data.text import TextChunks
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text(" ".join(a for _, a in FORGET) * 3)
+    (docs / "b.txt").write_text(FORGET[0][1])
+    (docs / "empty.txt").write_text("  \n")
+    tok_dir = job["model"]
+    assert (
+        main(
+            [
+                "unlearn",
+                "--model",
+                str(tok_dir),
+                "--forget",
+                str(docs),
+                "--method",
+                "ga",
+                "--out",
+                str(job["out"]),
+                "--max-length",
+                "8",
+                "--max-steps",
+                "2",
+                "--lr",
+                "1e-3",
+            ]
+        )
+        == 0
+    )
+    assert json.loads((job["out"] / "run.json").read_text())["result"]["steps"] == 2
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    chunks = TextChunks(tok, [(docs / "a.txt").read_text()], max_length=8)
+    assert all(it["input_ids"].numel() <= 8 for it in chunks.items) and len(chunks) > 1
+    assert all(torch.equal(it["labels"], it["input_ids"]) for it in chunks.items)
+    assert (
+        main(
+            [
+                "unlearn",
+                "--model",
+                str(tok_dir),
+                "--forget",
+                str(tmp_path / "none.txt"),
+                "--method",
+                "ga",
+                "--out",
+                "o",
+            ]
+        )
+        == 2
+    )

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
 from transformers import TrainingArguments
 
 from unlearnx.train.cache import ReferenceCache
@@ -40,17 +41,18 @@ class UnlearnConfig:
 def unlearn(
     model,
     tokenizer,
-    forget: list[tuple[str, str]],
-    retain: list[tuple[str, str]] | None,
+    forget: list[tuple[str, str]] | Dataset,
+    retain: list[tuple[str, str]] | Dataset | None,
     config: UnlearnConfig,
     out_dir: str | Path,
     *,
     resume: bool = False,
     callbacks: list | None = None,
 ) -> dict:
-    """Runs ``config.method`` on ``model`` (trained in place) with the forget (and retain) QA
-    pairs. Writes ``out_dir/metrics.jsonl`` and, with ``save_steps``, resumable checkpoints
-    under ``out_dir/checkpoints`` (``resume=True`` continues from the latest). Returns
+    """Runs ``config.method`` on ``model`` (trained in place) with the forget (and retain) data:
+    QA pairs, or datasets such as ``unlearnx.data.text.TextChunks`` (plain text, MUSE-style).
+    Writes ``out_dir/metrics.jsonl`` and, with ``save_steps``, resumable checkpoints under
+    ``out_dir/checkpoints`` (``resume=True`` continues from the latest). Returns
     ``{"cache_bytes", "reference_model_bytes", "steps", "lambda"}``: the reference cache's
     size against what keeping a frozen copy of the model would hold."""
     method, hp, retain_term = resolve(config.method, config.hparams, config.retain)
@@ -66,6 +68,16 @@ def finetune(
     return _run(model, tokenizer, method, {}, "none", pairs, None, config, out_dir, False, None)
 
 
+def _dataset(tokenizer, data, max_length: int) -> Dataset:
+    """QA pairs become a ``QADataset``; a ready dataset (``QADataset``, ``data.text.TextChunks``)
+    is used as it is."""
+    if isinstance(data, Dataset):
+        return data
+    if not data:
+        raise ValueError("forget: the dataset is empty")
+    return QADataset(tokenizer, *map(list, zip(*data, strict=True)), max_length=max_length)
+
+
 def _run(
     model,
     tokenizer,
@@ -79,18 +91,14 @@ def _run(
     resume: bool,
     callbacks: list | None,
 ) -> dict:
-    if retain_term != "none" and not retain:
+    if retain_term != "none" and (retain is None or len(retain) == 0):
         raise ValueError(
             f"retain: method {config.method!r} with retain term {retain_term!r} needs a retain set"
         )
     out_dir = Path(out_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    forget_ds = QADataset(tokenizer, *map(list, zip(*forget, strict=True)), max_length=config.max_length)
-    retain_ds = (
-        QADataset(tokenizer, *map(list, zip(*retain, strict=True)), max_length=config.max_length)
-        if retain_term != "none"
-        else None
-    )
+    forget_ds = _dataset(tokenizer, forget, config.max_length)
+    retain_ds = _dataset(tokenizer, retain, config.max_length) if retain_term != "none" else None
     dto_options = {k: hp[k] for k in method.dto_options}
     forget_cache = (
         ReferenceCache.build(model, forget_ds, set(method.needs), pad_id=pad_id, dto_options=dto_options)

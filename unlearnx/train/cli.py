@@ -24,8 +24,13 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--model", type=Path, help="folder of a Hugging Face causal LM and its tokenizer")
     p.add_argument("--method", choices=sorted(METHODS), help="unlearning method (default npo)")
-    p.add_argument("--forget", type=Path, help="forget set: JSON Lines with question and answer")
-    p.add_argument("--retain", type=Path, help="retain set: JSON Lines with question and answer")
+    p.add_argument(
+        "--forget",
+        type=Path,
+        help="forget set: JSON Lines of question/answer, or plain text (.txt file "
+        "or folder of them, chunked into --max-length tokens)",
+    )
+    p.add_argument("--retain", type=Path, help="retain set, in the same formats as --forget")
     p.add_argument("--out", type=Path, help="output folder: model/, metrics.jsonl, run.json, checkpoints/")
     p.add_argument("--config", type=Path, help="JSON or TOML file of settings")
     p.add_argument(
@@ -82,6 +87,20 @@ def _read_config(path: Path) -> dict:
     return data
 
 
+def _check_data(flag: str, path: Path):
+    """QA pairs from JSON Lines, or plain-text documents (a .txt file or a folder of them)."""
+    if path.is_dir() or path.suffix == ".txt":
+        from unlearnx.data.text import read_documents
+
+        if not path.exists():
+            raise ValueError(f"{flag}: no file at {path}")
+        try:
+            return read_documents(path)
+        except ValueError as err:
+            raise ValueError(f"{flag}: {err}") from err
+    return _check_qa_file(flag, path)
+
+
 def _check_qa_file(flag: str, path: Path) -> list[tuple[str, str]]:
     if not path.is_file():
         raise ValueError(f"{flag}: no file at {path}")
@@ -124,9 +143,9 @@ def plan(args: argparse.Namespace) -> dict:
     method = settings.pop("method", "npo")
     retain_term = settings.pop("retain_term", None)
     _, _, retain_term = resolve(method, hparams, retain_term)
-    forget = _check_qa_file("--forget", Path(settings.pop("forget")))
+    forget = _check_data("--forget", Path(settings.pop("forget")))
     retain_path = settings.pop("retain_file", None)
-    retain = _check_qa_file("--retain", Path(retain_path)) if retain_path else None
+    retain = _check_data("--retain", Path(retain_path)) if retain_path else None
     if retain_term != "none" and retain is None:
         raise ValueError(
             f"--retain: method {method!r} uses a {retain_term!r} retain term and needs a retain set"
@@ -149,6 +168,15 @@ def plan(args: argparse.Namespace) -> dict:
     }
 
 
+def _as_dataset(tok, data, max_length: int):
+    """Documents (strings) become MUSE-style chunks; QA pairs stay pairs."""
+    if data and isinstance(data[0], str):
+        from unlearnx.data.text import TextChunks
+
+        return TextChunks(tok, data, max_length)
+    return data
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
@@ -165,9 +193,8 @@ def run(args: argparse.Namespace) -> int:
     device = job["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(job["model"]).to(device)
     tok = AutoTokenizer.from_pretrained(job["model"])
-    result = unlearn(
-        model, tok, job["forget"], job["retain"], job["config"], job["out"], resume=job["resume"]
-    )
+    forget, retain = (_as_dataset(tok, d, job["config"].max_length) for d in (job["forget"], job["retain"]))
+    result = unlearn(model, tok, forget, retain, job["config"], job["out"], resume=job["resume"])
     path = save_model(model, tok, job["out"] / "model")
     cfg = job["config"]
     run_record = {"config": {f.name: getattr(cfg, f.name) for f in fields(cfg)}, "result": result}
