@@ -178,3 +178,28 @@ def test_two_ddp_processes_match_one_at_the_same_global_batch(tmp_path: Path) ->
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=name)
         initial = name
     assert initial is not None
+
+
+@needs_data
+def test_lora_through_peft_trains_only_the_adapters(target, tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    base, tok, forget, retain = target
+    model = get_peft_model(
+        copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    before = _mean_logp(base, tok, forget)
+    unlearn(
+        model,
+        tok,
+        forget,
+        retain,
+        UnlearnConfig(method="npo", learning_rate=1e-2, epochs=3, batch_size=4),
+        tmp_path,
+    )
+    assert _mean_logp(model.eval(), tok, forget) < before - 0.05
+    for name, p in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(p, frozen[name]), name  # the head and the base weights are untouched
+    assert any("lora_" in n for n, p in model.named_parameters() if p.requires_grad)

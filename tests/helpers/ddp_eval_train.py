@@ -50,3 +50,6 @@ trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[cb])
 trainer.train()
 if trainer.is_world_process_zero():
     (out / "world_size.json").write_text(json.dumps({"world_size": trainer.args.world_size}))
+if torch.distributed.is_initialized():
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()  # a gloo group left to exit handlers can abort the process

@@ -34,3 +34,6 @@ config = UnlearnConfig(
 unlearn(model, tok, forget, None, config, out_file.parent / f"run-{batch}")
 if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
     torch.save({k: v.detach() for k, v in model.state_dict().items()}, out_file)
+if torch.distributed.is_initialized():
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()  # a gloo group left to exit handlers can abort the process

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from unlearnx import functional
 from unlearnx.data.tofu import encode_qa, prompt_text
+from unlearnx.integrations.transformers import hidden_states
 
 
 def lm_head(model) -> tuple[Tensor, Tensor | None]:
@@ -22,8 +23,7 @@ def lm_head(model) -> tuple[Tensor, Tensor | None]:
 
 def final_hidden_states(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """``(B, T, D)`` hidden states fed to the LM head, without computing logits."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
-    return decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return hidden_states(model, input_ids, attention_mask)
 
 
 @torch.no_grad()

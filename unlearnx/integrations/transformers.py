@@ -41,13 +41,20 @@ def check_supported(model) -> None:
 
 
 def hidden_states(model, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs) -> Tensor:
-    """``(B, T, D)`` final hidden states (after the final norm), without the LM head."""
+    """``(B, T, D)`` final hidden states (after the final norm), without the LM head; peft
+    models (LoRA, ...) are unwrapped to their transformers model, adapters included."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     return model.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
 
 
 def patch_causal_lm(model):
     """Makes ``model(input_ids, attention_mask, labels=..., unlearnx_loss=fn)`` compute ``fn`` on
-    the fused path (``labels`` are shifted inside, as Hugging Face does). Returns the model."""
+    the fused path (``labels`` are shifted inside, as Hugging Face does). Returns the model.
+    A peft model (LoRA, ...) is patched through its base model: peft passes the keyword on."""
+    if hasattr(model, "get_base_model"):
+        patch_causal_lm(model.get_base_model())
+        return model
     check_supported(model)
     if getattr(model, "_unlearnx_patched", False):
         return model
