@@ -22,7 +22,7 @@ fi
 # the package index proper has the CUDA build that matches nvcc.
 pip_index() { env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null "$VENV/bin/python" -m pip "$@"; }
 pip_index install -q --upgrade pip
-pip_index install -q "$TORCH_SPEC" numpy scipy matplotlib tqdm "transformers>=4.45" "accelerate>=1.0" \
+pip_index install -q "$TORCH_SPEC" numpy scipy matplotlib tqdm "transformers>=4.45" "accelerate>=1.0" "datasets>=2.19" \
   "pytest>=8" "hypothesis>=6" "pytest-benchmark>=4" "ruff>=0.6" "peft>=0.13" ninja "setuptools>=68" wheel
 
 if [[ -z "${CUDA_HOME:-}" && -x /usr/local/cuda/bin/nvcc ]]; then export CUDA_HOME=/usr/local/cuda; fi

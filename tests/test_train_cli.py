@@ -172,3 +172,47 @@ def test_unlearn_on_plain_text_documents(job, tmp_path: Path) -> None:
         )
         == 2
     )
+
+
+def test_unlearn_on_hugging_face_datasets(job, tmp_path: Path, monkeypatch) -> None:
+    import datasets
+
+    from unlearnx.data import tofu
+
+    forget_dir = tmp_path / "forget_ds"
+    datasets.Dataset.from_dict(
+        {"question": [q for q, _ in FORGET], "answer": [a for _, a in FORGET]}
+    ).save_to_disk(forget_dir)
+    assert tofu.load_hf_qa(str(forget_dir)) == FORGET
+    assert (
+        main(
+            [
+                "unlearn",
+                "--model",
+                str(job["model"]),
+                "--forget",
+                str(forget_dir),
+                "--method",
+                "ga",
+                "--out",
+                str(job["out"]),
+                "--max-steps",
+                "1",
+            ]
+        )
+        == 0
+    )
+    # hub ids go to datasets.load_dataset (no network here: the call is checked, not made)
+    calls = []
+
+    def fake_load(repo, config, split):
+        calls.append((repo, config, split))
+        return datasets.Dataset.from_dict({"question": ["q"], "answer": ["a"]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    assert tofu.load_hf_qa("hf:locuslab/TOFU:forget10") == [("q", "a")]
+    assert calls == [("locuslab/TOFU", "forget10", "train")]
+    bad = tmp_path / "bad_ds"
+    datasets.Dataset.from_dict({"text": ["x"]}).save_to_disk(bad)
+    with pytest.raises(ValueError, match="question"):
+        tofu.load_hf_qa(str(bad))

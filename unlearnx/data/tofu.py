@@ -67,3 +67,24 @@ def encode_qa(tokenizer, questions: list[str], answers: list[str], max_length: i
         on_answer = torch.tensor(answer_mask, dtype=torch.bool)
         labels[i, : len(ids)] = torch.where(on_answer, torch.tensor(ids), -100)
     return Encoded(input_ids, attention, labels)
+
+
+def load_hf_qa(spec: str) -> list[tuple[str, str]]:
+    """QA pairs from a Hugging Face dataset with ``question`` and ``answer`` columns: a folder
+    written by ``Dataset.save_to_disk``, or ``hf:ID[:CONFIG[:SPLIT]]`` from the hub (split
+    ``train`` by default), e.g. ``hf:locuslab/TOFU:forget10``."""
+    import datasets
+
+    if spec.startswith("hf:"):
+        repo, config, split = ([*spec[3:].split(":"), None, None])[:3]
+        ds = datasets.load_dataset(repo, config, split=split or "train")
+    else:
+        ds = datasets.load_from_disk(spec)
+        if isinstance(ds, datasets.DatasetDict):
+            if "train" not in ds:
+                raise ValueError(f"dataset: {spec} has splits {sorted(ds)}; save the one to use on its own")
+            ds = ds["train"]
+    missing = {"question", "answer"} - set(ds.column_names)
+    if missing:
+        raise ValueError(f"dataset: {spec} lacks columns {sorted(missing)} (it has {ds.column_names})")
+    return [(str(q), str(a)) for q, a in zip(ds["question"], ds["answer"], strict=True)]

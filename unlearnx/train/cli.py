@@ -27,8 +27,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--forget",
         type=Path,
-        help="forget set: JSON Lines of question/answer, or plain text (.txt file "
-        "or folder of them, chunked into --max-length tokens)",
+        help="forget set: JSON Lines of question/answer; a Hugging Face dataset (hf:ID[:CONFIG[:SPLIT]] or a "
+        "save_to_disk folder); or plain text (.txt file or folder of them, chunked into --max-length tokens)",
     )
     p.add_argument("--retain", type=Path, help="retain set, in the same formats as --forget")
     p.add_argument("--out", type=Path, help="output folder: model/, metrics.jsonl, run.json, checkpoints/")
@@ -88,7 +88,19 @@ def _read_config(path: Path) -> dict:
 
 
 def _check_data(flag: str, path: Path):
-    """QA pairs from JSON Lines, or plain-text documents (a .txt file or a folder of them)."""
+    """QA pairs from JSON Lines or a Hugging Face dataset (``hf:ID...`` or a ``save_to_disk``
+    folder), or plain-text documents (a .txt file or a folder of them)."""
+    if (
+        str(path).startswith("hf:")
+        or (path / "dataset_info.json").is_file()
+        or (path / "dataset_dict.json").is_file()
+    ):
+        from unlearnx.data.tofu import load_hf_qa
+
+        try:
+            return load_hf_qa(str(path))
+        except (ValueError, OSError, FileNotFoundError) as err:
+            raise ValueError(f"{flag}: {err}") from err
     if path.is_dir() or path.suffix == ".txt":
         from unlearnx.data.text import read_documents
 
