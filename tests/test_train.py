@@ -203,3 +203,33 @@ def test_lora_through_peft_trains_only_the_adapters(target, tmp_path: Path) -> N
         if name in frozen:
             assert torch.equal(p, frozen[name]), name  # the head and the base weights are untouched
     assert any("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+
+
+@needs_data
+def test_a_crash_during_a_checkpoint_save_loses_nothing(target, tmp_path: Path, monkeypatch) -> None:
+    """The step-4 save dies half-way (after the model, before the optimiser state): no
+    checkpoint-4 appears, and resuming from checkpoint-2 reproduces the uninterrupted run."""
+    import transformers
+
+    base, tok, forget, retain = target
+    cfg = UnlearnConfig(method="npo", learning_rate=1e-3, max_steps=6, batch_size=2, save_steps=2)
+    full = copy.deepcopy(base)
+    unlearn(full, tok, forget, retain, cfg, tmp_path / "full")
+
+    real = transformers.Trainer._save_optimizer_and_scheduler
+
+    def dying(self, output_dir):
+        if self.state.global_step == 4:
+            raise KeyboardInterrupt("killed during the save")
+        return real(self, output_dir)
+
+    monkeypatch.setattr(transformers.Trainer, "_save_optimizer_and_scheduler", dying)
+    with pytest.raises(KeyboardInterrupt):
+        unlearn(copy.deepcopy(base), tok, forget, retain, cfg, tmp_path / "cut")
+    monkeypatch.setattr(transformers.Trainer, "_save_optimizer_and_scheduler", real)
+    saved = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").glob("checkpoint-*"))
+    assert saved == ["checkpoint-2"]
+    resumed = copy.deepcopy(base)
+    assert unlearn(resumed, tok, forget, retain, cfg, tmp_path / "cut", resume=True)["steps"] == 6
+    for (name, a), b in zip(full.named_parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)

@@ -157,6 +157,28 @@ class UnlearnTrainer(Trainer):
             self._unlearnx_logs = logs
         return (loss, None) if return_outputs else loss
 
+    def _save_checkpoint(self, model, trial) -> None:
+        """Atomic checkpoints: the Trainer writes ``checkpoint-N`` into a staging folder, which
+        is then renamed into place, so a kill during a save leaves the previous checkpoints
+        intact and no half-written one for ``resume`` to pick up."""
+        import os
+        import shutil
+
+        final_dir = self.args.output_dir
+        staging = os.path.join(final_dir, ".staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        self.args.output_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir = final_dir
+        if self.args.should_save:
+            for name in os.listdir(staging):
+                target = os.path.join(final_dir, name)
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(os.path.join(staging, name), target)
+            shutil.rmtree(staging, ignore_errors=True)
+
     def log(self, logs: dict, *args, **kwargs) -> None:
         logs = {**getattr(self, "_unlearnx_logs", {}), **logs}
         super().log(logs, *args, **kwargs)
