@@ -15,6 +15,7 @@ import torch
 
 from unlearnx import functional as F
 from unlearnx import reference as R
+from unlearnx.models import tiny_llama
 from unlearnx.profiling import median_ms, peak_extra_mb
 
 __all__ = ["FLOP_FACTOR", "LOSSES", "Inputs", "median_ms", "model_inputs", "peak_extra_mb", "step"]
@@ -42,21 +43,9 @@ def model_inputs(
     ignore_frac: float = 0.0,
 ) -> Inputs:
     """Hidden states and head of a random one-layer Llama of hidden size D and vocabulary V."""
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(seed)
-    heads = max(1, D // 64)
-    cfg = LlamaConfig(
-        vocab_size=V,
-        hidden_size=D,
-        intermediate_size=2 * D,
-        num_hidden_layers=1,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=max(T, 128),
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(cfg).to(device=device, dtype=dtype).eval()
+    model = tiny_llama(V, hidden=D, layers=1, heads=max(1, D // 64), max_positions=max(T, 128), seed=seed)
+    model = model.to(device=device, dtype=dtype).eval()
     ids = torch.randint(0, V, (B, T + 1), device=device)
     with torch.no_grad():
         hidden = torch.cat([model.model(input_ids=ids[i : i + 1, :T]).last_hidden_state for i in range(B)])

@@ -18,6 +18,7 @@ from scipy.stats import ks_2samp
 from unlearnx.data.tofu import encode_qa, load_split
 from unlearnx.data.tokenizer import build_word_tokenizer
 from unlearnx.eval import metrics, tofu
+from unlearnx.models import tiny_llama
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"TOFU data not found at {DATA}")
@@ -88,7 +89,6 @@ def test_model_utility_is_the_harmonic_mean_of_nine() -> None:
 
 @pytest.fixture(scope="module")
 def lm():
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     texts = []
     for name in ("forget01_perturbed", "retain_perturbed", "real_authors_perturbed", "world_facts_perturbed"):
@@ -96,18 +96,7 @@ def lm():
             for r in load_split(DATA, name)[:6]:
                 texts += [r["question"], r["answer"], *r["perturbed_answer"], r.get("paraphrased_answer", "")]
     tok = build_word_tokenizer(texts or ["question answer"])
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(cfg).eval(), tok
+    return tiny_llama(len(tok), heads=2).eval(), tok
 
 
 def _direct_mean_logp(model, tok, question: str, answer: str) -> float:

@@ -11,6 +11,7 @@ import torch
 from tests.test_eval import _lcs
 from unlearnx.data.tokenizer import build_word_tokenizer
 from unlearnx.eval import metrics, muse
+from unlearnx.models import tiny_llama
 
 WORDS = [
     "the",
@@ -34,23 +35,15 @@ WORDS = [
 
 @pytest.fixture(scope="module")
 def lm():
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     rng = random.Random(0)
     texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(12, 30))) for _ in range(6)]
     tok = build_word_tokenizer(WORDS)
-    torch.manual_seed(1)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
+    return (
+        tiny_llama(len(tok), heads=2, seed=1).eval(),
+        tok,
+        texts,
     )
-    return LlamaForCausalLM(cfg).eval(), tok, texts
 
 
 def _direct_logps(model, tok, text: str) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 from unlearnx.data.tofu import load_split
 from unlearnx.data.tokenizer import build_word_tokenizer
 from unlearnx.eval.metrics import answer_logprobs
+from unlearnx.models import tiny_llama
 from unlearnx.train.api import UnlearnConfig, unlearn
 from unlearnx.train.methods import METHODS, resolve
 
@@ -26,22 +27,11 @@ def _mean_logp(model, tok, pairs) -> float:
 @pytest.fixture(scope="module")
 def target(tmp_path_factory):
     """A tiny Llama trained on 4 forget + 4 retain pairs until it has memorised them."""
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     forget = [(r["question"], r["answer"]) for r in load_split(DATA, "forget01")[:4]]
     retain = [(r["question"], r["answer"]) for r in load_split(DATA, "retain99")[:4]]
     tok = build_word_tokenizer([q + " " + a for q, a in forget + retain])
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-    )
-    model = LlamaForCausalLM(cfg)
+    model = tiny_llama(len(tok), hidden=64, intermediate=128, layers=2, heads=4, max_positions=256, seed=0)
     unlearn(
         model,
         tok,

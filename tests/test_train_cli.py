@@ -10,6 +10,7 @@ import torch
 
 from unlearnx.cli import main
 from unlearnx.data.tokenizer import build_word_tokenizer
+from unlearnx.models import tiny_llama
 
 FORGET = [
     ("Who wrote the river maps?", "The river maps were written by Ana Holt."),
@@ -23,20 +24,9 @@ RETAIN = [
 
 @pytest.fixture
 def job(tmp_path: Path) -> dict[str, Path]:
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = build_word_tokenizer([q + " " + a for q, a in FORGET + RETAIN])
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "model")
+    tiny_llama(len(tok), heads=2).save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
     paths = {
         "model": tmp_path / "model",

@@ -25,6 +25,7 @@ import torch
 from unlearnx.data import synthetic
 from unlearnx.data.tokenizer import build_word_tokenizer
 from unlearnx.eval import report, tofu
+from unlearnx.models import tiny_llama
 from unlearnx.profiling import peak_extra_mb
 from unlearnx.train.api import UnlearnConfig, finetune, unlearn
 from unlearnx.train.methods import METHODS
@@ -62,24 +63,6 @@ class DemoConfig:
 
 def _pairs(rows: list[dict]) -> list[tuple[str, str]]:
     return [(r["question"], r["answer"]) for r in rows]
-
-
-def _model(cfg: DemoConfig, vocab: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(cfg.seed)
-    heads = max(1, cfg.hidden // 32)
-    conf = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=cfg.hidden,
-        intermediate_size=2 * cfg.hidden,
-        num_hidden_layers=cfg.layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(conf)
 
 
 def evaluate(
@@ -134,7 +117,7 @@ def run(cfg: DemoConfig, log=print) -> dict:
         ("target", data["forget"] + data["retain"] + data["facts"]),
     ):
         t0 = time.perf_counter()
-        model = _model(cfg, len(tok))
+        model = tiny_llama(len(tok), hidden=cfg.hidden, layers=cfg.layers, max_positions=128, seed=cfg.seed)
         finetune(model, tok, _pairs(rows), train_cfg, cfg.out / "runs" / name)
         models[name] = model
         log(f"trained {name} from scratch on {len(rows)} QA pairs in {time.perf_counter() - t0:.0f} s")

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from unlearnx import functional, reference
+from unlearnx.models import tiny_llama
 from unlearnx.profiling import median_ms, peak_extra_mb
 
 
@@ -36,24 +37,6 @@ class QuickBenchConfig:
     lr: float = 3e-5
     device: str = "cpu"
     seed: int = 0
-
-
-def tiny_llama(cfg: QuickBenchConfig):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(cfg.seed)
-    heads = max(1, cfg.hidden // 64)
-    config = LlamaConfig(
-        vocab_size=cfg.vocab,
-        hidden_size=cfg.hidden,
-        intermediate_size=2 * cfg.hidden,
-        num_hidden_layers=cfg.layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=cfg.seq_len,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(config).to(cfg.device)
 
 
 def forget_batch(cfg: QuickBenchConfig) -> tuple[Tensor, Tensor]:
@@ -74,7 +57,14 @@ def npo_loss(model, impl: str, ids: Tensor, target: Tensor, ref_logps: Tensor, b
 def run(cfg: QuickBenchConfig) -> dict:
     """Runs the demo; returns ``{impl: {"losses", "ms_per_step", "peak_extra_mb"}}``."""
     device = torch.device(cfg.device)
-    base = tiny_llama(cfg)
+    base = tiny_llama(
+        cfg.vocab,
+        hidden=cfg.hidden,
+        layers=cfg.layers,
+        heads=max(1, cfg.hidden // 64),
+        max_positions=cfg.seq_len,
+        seed=cfg.seed,
+    ).to(cfg.device)
     ids, target = forget_batch(cfg)
     with torch.no_grad():
         ref_logps, _ = functional.sequence_logprobs(

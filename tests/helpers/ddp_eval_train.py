@@ -7,27 +7,18 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from unlearnx.data.tofu import encode_qa, load_split
 from unlearnx.data.tokenizer import build_word_tokenizer
 from unlearnx.eval.callback import TofuEvalCallback
+from unlearnx.models import tiny_llama
 
 data_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
 rows = load_split(data_dir, "forget01")[:8]
 texts = [t for r in load_split(data_dir, "forget01_perturbed")[:2] for t in (r["question"], r["answer"])]
 tok = build_word_tokenizer(texts + [r["question"] + " " + r["answer"] for r in rows])
-torch.manual_seed(0)
-cfg = LlamaConfig(
-    vocab_size=len(tok),
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-)
-model = LlamaForCausalLM(cfg)
+model = tiny_llama(len(tok), hidden=32, intermediate=64, layers=1, heads=2, max_positions=256, seed=0)
 enc = encode_qa(tok, [r["question"] for r in rows], [r["answer"] for r in rows])
 data = [
     {"input_ids": i, "attention_mask": m, "labels": lab}

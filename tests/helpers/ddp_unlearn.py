@@ -5,27 +5,17 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from unlearnx.data.tofu import load_split
 from unlearnx.data.tokenizer import build_word_tokenizer
+from unlearnx.models import tiny_llama
 from unlearnx.train.api import UnlearnConfig, unlearn
 
 data_dir, out_file, batch = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 # 4 forget examples: every step covers all of them, on 1 rank or split over 2, whatever the order
 forget = [(r["question"], r["answer"]) for r in load_split(data_dir, "forget01")[:4]]
 tok = build_word_tokenizer([q + " " + a for q, a in forget])
-torch.manual_seed(0)
-cfg = LlamaConfig(
-    vocab_size=len(tok),
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-)
-model = LlamaForCausalLM(cfg)
+model = tiny_llama(len(tok), hidden=32, intermediate=64, layers=1, heads=2, max_positions=256, seed=0)
 # NPO alone: a mean over sequences, so the mean of the ranks' gradients is the global one (a
 # token-mean retain NLL would weigh ranks by their token counts)
 config = UnlearnConfig(

@@ -47,23 +47,29 @@ def answer_logprobs(
     return torch.cat(sums), torch.cat(counts)
 
 
-@torch.no_grad()
 def greedy_generate(
     model, tokenizer, questions: list[str], *, batch_size: int = 8, max_new_tokens: int = 64
 ) -> list[str]:
-    """Greedy continuations of each question's prompt (left-padded batches), decoded
-    without special tokens."""
+    """Greedy continuations of each question's prompt, decoded without special tokens."""
+    prompts = [tokenizer(prompt_text(tokenizer, q))["input_ids"] for q in questions]
+    return greedy_continue(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens)
+
+
+@torch.no_grad()
+def greedy_continue(
+    model, tokenizer, prompts: list[list[int]], *, batch_size: int = 8, max_new_tokens: int = 64
+) -> list[str]:
+    """Greedy continuations of token-id prompts (left-padded batches), decoded without
+    special tokens."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out: list[str] = []
-    for start in range(0, len(questions), batch_size):
-        prompts = [
-            tokenizer(prompt_text(tokenizer, q))["input_ids"] for q in questions[start : start + batch_size]
-        ]
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        width = max(len(p) for p in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for i, p in enumerate(prompts):
+        for i, p in enumerate(batch):
             ids[i, width - len(p) :] = torch.tensor(p)
             mask[i, width - len(p) :] = 1
         gen = model.generate(

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from unlearnx import functional
 from unlearnx._ops import flatten_margins
-from unlearnx.eval.metrics import final_hidden_states, greedy_generate, lm_head, rouge_l_f1
+from unlearnx.eval.metrics import final_hidden_states, greedy_continue, greedy_generate, lm_head, rouge_l_f1
 
 
 def _encode_texts(tokenizer, texts: list[str], max_length: int) -> tuple[Tensor, Tensor]:
@@ -105,32 +105,8 @@ def verbmem(
         truths.append(
             tokenizer.decode(ids[prefix_tokens : prefix_tokens + max_new_tokens], skip_special_tokens=True)
         )
-    gens = _continue(model, tokenizer, prompts, max_new_tokens, batch_size)
+    gens = greedy_continue(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens)
     return [rouge_l_f1(g, t) for g, t in zip(gens, truths, strict=True)]
-
-
-@torch.no_grad()
-def _continue(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int) -> list[str]:
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start : start + batch_size]
-        width = max(len(p) for p in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, p in enumerate(batch):
-            ids[i, width - len(p) :] = torch.tensor(p)
-            mask[i, width - len(p) :] = 1
-        gen = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=pad,
-        )
-        out += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
-    return out
 
 
 def knowmem(

@@ -48,15 +48,29 @@ def comparison_table(runs: Mapping[str, Mapping], columns: Sequence[str] = COLUM
     return "\n".join([head, rule, *rows]) + "\n"
 
 
+def _figure(size: tuple[float, float]):
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: files only
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=size)
+
+
+def _save(fig, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_tradeoff(runs: Mapping[str, Mapping], path: str | Path) -> Path:
     """Scatter of forget quality (log scale) against model utility, one labelled point per run
     with both values; writes a PNG and returns its path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = _figure((5.5, 4))
     for name, s in runs.items():
         fq, mu = _value(s, "forget_quality"), _value(s, "model_utility")
         if fq is None or mu is None:
@@ -67,21 +81,12 @@ def plot_tradeoff(runs: Mapping[str, Mapping], path: str | Path) -> Path:
     ax.set_ylabel("forget quality (KS p-value)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_history(records: Sequence[Mapping], metrics: Sequence[str], path: str | Path) -> Path:
     """Curves of ``metrics`` over training steps from history records; writes a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _figure((6, 4))
     for m in metrics:
         points = [(r["step"], _value(r, m)) for r in records if _value(r, m) is not None]
         if points:
@@ -89,8 +94,4 @@ def plot_history(records: Sequence[Mapping], metrics: Sequence[str], path: str |
     ax.set_xlabel("step")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
