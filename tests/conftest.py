@@ -14,6 +14,17 @@ requires_cuda = pytest.mark.skipif(
 )
 
 IGNORE = -100
+
+
+def free_port() -> int:
+    """A TCP port free right now, for torch.distributed rendezvous in subprocess tests."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 EPS = {torch.float32: 2**-23, torch.bfloat16: 2**-8, torch.float16: 2**-11, torch.float64: 2**-52}
 
 

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import ks_2samp
 
+from tests.conftest import free_port
 from unlearnx.data.tofu import encode_qa, load_split
 from unlearnx.data.tokenizer import build_word_tokenizer
 from unlearnx.eval import metrics, tofu
@@ -325,7 +326,7 @@ def test_eval_callback_in_a_two_process_ddp_run(tmp_path: Path) -> None:
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29517",
+        str(free_port()),
         str(script),
         str(DATA),
         str(tmp_path),

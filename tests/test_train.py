@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import free_port
 from unlearnx.data.tofu import load_split
 from unlearnx.data.tokenizer import build_word_tokenizer
 from unlearnx.eval.metrics import answer_logprobs
@@ -151,7 +152,7 @@ def test_two_ddp_processes_match_one_at_the_same_global_batch(tmp_path: Path) ->
             "--nproc_per_node",
             "2",
             "--master_port",
-            "29519",
+            str(free_port()),
             str(script),
             str(DATA),
             str(tmp_path / "two.pt"),

@@ -67,6 +67,7 @@ def test_unlearn_from_flags_and_config_file(job, tmp_path: Path, capsys) -> None
     assert (job["out"] / "model" / "config.json").is_file()
     logs = [json.loads(line) for line in (job["out"] / "metrics.jsonl").read_text().splitlines()]
     assert any("forget_loss" in r and "retain_loss" in r for r in logs)
+    assert all(r["forget_logp"] < 0 and r["retain_logp"] < 0 for r in logs if "forget_loss" in r)
     assert "reference cache" in capsys.readouterr().out
 
 

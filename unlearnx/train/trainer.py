@@ -11,6 +11,7 @@ from torch import Tensor
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from unlearnx import functional
 from unlearnx.integrations.transformers import patch_causal_lm
 from unlearnx.train.cache import ReferenceCache
 from unlearnx.train.methods import RETAIN_TERMS, Method
@@ -113,7 +114,16 @@ class UnlearnTrainer(Trainer):
         # looked up each time: resuming from a checkpoint replaces the callback with a restored copy
         return next((c for c in self.callback_handler.callbacks if isinstance(c, PrimalDual)), None)
 
-    def _term(self, model, batch: dict[str, Tensor], cache: ReferenceCache | None, term) -> Tensor:
+    def _term(
+        self,
+        model,
+        batch: dict[str, Tensor],
+        cache: ReferenceCache | None,
+        term,
+        logp_out: list | None = None,
+    ) -> Tensor:
+        """The term's loss on ``batch``; with ``logp_out``, also appends the batch's mean
+        per-token answer log-prob, forward-only from the same hidden states (for the logs)."""
         device = batch["input_ids"].device
         ref = (
             {}
@@ -123,6 +133,12 @@ class UnlearnTrainer(Trainer):
         hp = self.hparams
 
         def loss(hidden, weight, target, bias):
+            if logp_out is not None:
+                with torch.no_grad():
+                    sums, counts = functional.sequence_logprobs(
+                        hidden.detach(), weight.detach(), target, bias=None if bias is None else bias.detach()
+                    )
+                logp_out.append(float(sums.sum() / counts.sum().clamp(min=1)))
             return term(hidden, weight, target, bias, ref, hp)
 
         out = model(
@@ -134,8 +150,16 @@ class UnlearnTrainer(Trainer):
         return out.loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        forget = self._term(model, inputs["forget"], self.forget_cache, self.method.forget)
+        # log-probs for the logs only on the micro-batches of a logging step (an extra
+        # forward-only pass of the head, 2·N·D·V FLOPs)
+        logging = self.model.training and (self.state.global_step + 1) % max(1, self.args.logging_steps) == 0
+        forget_logp: list[float] = []
+        forget = self._term(
+            model, inputs["forget"], self.forget_cache, self.method.forget, forget_logp if logging else None
+        )
         logs = {"forget_loss": float(forget.detach())}
+        if forget_logp:
+            logs["forget_logp"] = forget_logp[0]
         if self.retain == "none":
             loss = self.forget_weight * forget
         else:
@@ -144,8 +168,13 @@ class UnlearnTrainer(Trainer):
                     f"retain: the method uses a {self.retain!r} retain term but no retain set was given"
                 )
             term, _ = RETAIN_TERMS[self.retain]
-            retain = self._term(model, inputs["retain"], self.retain_cache, term)
+            retain_logp: list[float] = []
+            retain = self._term(
+                model, inputs["retain"], self.retain_cache, term, retain_logp if logging else None
+            )
             logs["retain_loss"] = float(retain.detach())
+            if retain_logp:
+                logs["retain_logp"] = retain_logp[0]
             dual = self.dual
             if dual is not None:
                 dual.observe(retain.detach())
