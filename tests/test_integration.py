@@ -101,3 +101,22 @@ def test_models_that_postprocess_logits_are_refused() -> None:
     model = patch_causal_lm(_tiny("llama"))
     with pytest.raises(ValueError, match="labels"):
         model(input_ids=_batch()[0], unlearnx_loss=_nll)
+
+
+def test_low_precision_body_with_an_fp32_head() -> None:
+    """bf16 hidden states meet an fp32 head: the head runs in bf16, gradients reach the fp32 weight."""
+    model = _tiny("llama").to(torch.bfloat16)
+    model.lm_head.float()
+    ids, mask, labels = _batch()
+    patch_causal_lm(model)
+    out = model(input_ids=ids, attention_mask=mask, labels=labels, unlearnx_loss=_nll)
+    (grad,) = torch.autograd.grad(out.loss, [model.lm_head.weight])
+    assert grad.dtype == torch.float32 and torch.isfinite(grad).all() and grad.abs().max() > 0
+    from unlearnx.integrations.transformers import hidden_states
+
+    with torch.no_grad():  # the model's own forward cannot mix dtypes; materialise by hand
+        logits = (
+            hidden_states(model, ids, mask)[:, :-1] @ model.lm_head.weight.to(torch.bfloat16).t()
+        ).float()
+        want = torch.nn.functional.cross_entropy(logits.reshape(-1, 101), labels[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss.detach(), want, rtol=1e-2, atol=1e-2)

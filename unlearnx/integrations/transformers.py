@@ -79,7 +79,14 @@ def patch_causal_lm(model):
         kwargs.pop("use_cache", None)
         hidden = hidden_states(self, input_ids, attention_mask, use_cache=False, **kwargs)
         head = self.get_output_embeddings()
-        loss = unlearnx_loss(hidden[:, :-1], head.weight, labels[:, 1:], getattr(head, "bias", None))
+        # a low-precision body with an fp32 head (mixed-precision set-ups that keep the head in
+        # fp32): run the head in the hidden states' dtype, as autocast would for its matmul
+        # (gradients flow back through the cast)
+        weight, bias = head.weight, getattr(head, "bias", None)
+        if weight.dtype != hidden.dtype:
+            weight = weight.to(hidden.dtype)
+            bias = None if bias is None else bias.to(hidden.dtype)
+        loss = unlearnx_loss(hidden[:, :-1], weight, labels[:, 1:], bias)
         return CausalLMOutputWithPast(loss=loss, logits=None)
 
     model.forward = types.MethodType(forward, model)

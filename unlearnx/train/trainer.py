@@ -76,6 +76,10 @@ class MetricsJsonl(TrainerCallback):
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
+# cached reference tensors that meet the policy's hidden states in a kernel (same dtype needed)
+_REF_FLOATS = ("hidden", "head_weight", "head_bias")
+
+
 def _shifted(ref: dict[str, Tensor]) -> dict[str, Tensor]:
     """Cache entries aligned with positions, shifted like the patched forward shifts hidden/labels."""
     out = dict(ref)
@@ -133,13 +137,17 @@ class UnlearnTrainer(Trainer):
         hp = self.hparams
 
         def loss(hidden, weight, target, bias):
+            refs = {
+                k: v.to(hidden.dtype) if k in _REF_FLOATS and v.dtype != hidden.dtype else v
+                for k, v in ref.items()
+            }
             if logp_out is not None:
                 with torch.no_grad():
                     sums, counts = functional.sequence_logprobs(
                         hidden.detach(), weight.detach(), target, bias=None if bias is None else bias.detach()
                     )
                 logp_out.append(float(sums.sum() / counts.sum().clamp(min=1)))
-            return term(hidden, weight, target, bias, ref, hp)
+            return term(hidden, weight, target, bias, refs, hp)
 
         out = model(
             input_ids=batch["input_ids"],
