@@ -11,10 +11,11 @@ demo: bootstrap
 test: bootstrap
 	$(PY) -c "import unlearnx, json; print('build_info:', json.dumps(unlearnx.build_info()))"
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests benches/test_bench_cpu.py --benchmark-disable
 
 bench: bootstrap
-	$(PY) -m benches.run --device cpu --losses npo --B 8 --T 1024 --D 512 --V 32000 --name cpu-npo
+	$(PY) -m benches.run --device cpu --losses nll npo simnpo flatten kl dipo dto --B 4 --T 128 512 2048 \
+	    --D 512 --V 32000 --repeats 3 --name cpu-latest
 
 lint: bootstrap
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -18,7 +18,18 @@ from unlearnx import reference as R
 from unlearnx.models import tiny_llama
 from unlearnx.profiling import median_ms, peak_extra_mb
 
-__all__ = ["FLOP_FACTOR", "LOSSES", "Inputs", "median_ms", "model_inputs", "peak_extra_mb", "step"]
+__all__ = [
+    "FLOP_FACTOR",
+    "IMPLS",
+    "LOSSES",
+    "Inputs",
+    "forward",
+    "gemm_floor",
+    "median_ms",
+    "model_inputs",
+    "peak_extra_mb",
+    "step",
+]
 
 
 @dataclass
@@ -108,12 +119,59 @@ LOSSES: dict[str, Callable] = {
 FLOP_FACTOR = {"nll": 6, "npo": 6, "simnpo": 6, "flatten": 2, "kl": 8, "dipo": 8, "dto": 8}
 
 
+class _Compiled:
+    """``reference`` with each loss wrapped in ``torch.compile`` (compiled once per loss)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Callable] = {}
+
+    def __getattr__(self, name: str) -> Callable:
+        if name not in self._cache:
+            self._cache[name] = torch.compile(getattr(R, name))
+        return self._cache[name]
+
+
+COMPILED = _Compiled()
+IMPLS = ("fused", "reference", "compiled")
+
+
+def forward(loss: str, impl: str, inp: Inputs, chunk_size: int | None = None) -> Callable[[], torch.Tensor]:
+    """A closure computing ``loss`` with ``impl`` ("fused", "reference" or "compiled": the
+    reference under ``torch.compile``)."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
+    mod, kw = {"fused": (F, {"chunk_size": chunk_size}), "reference": (R, {}), "compiled": (COMPILED, {})}[
+        impl
+    ]
+
+    def run() -> torch.Tensor:
+        inp.x.grad = inp.w.grad = None
+        return LOSSES[loss](mod, inp, **kw)
+
+    return run
+
+
 def step(loss: str, impl: str, inp: Inputs, chunk_size: int | None = None) -> Callable[[], None]:
-    """A closure running forward+backward of ``loss`` with ``impl`` ("fused" or "reference")."""
-    mod, kw = (F, {"chunk_size": chunk_size}) if impl == "fused" else (R, {})
+    """A closure running forward+backward of ``loss`` with ``impl``."""
+    fwd = forward(loss, impl, inp, chunk_size)
 
     def run() -> None:
-        inp.x.grad = inp.w.grad = None
-        LOSSES[loss](mod, inp, **kw).backward()
+        fwd().backward()
+
+    return run
+
+
+def gemm_floor(N: int, D: int, V: int, dtype: torch.dtype, device: torch.device) -> Callable[[], None]:
+    """The three plain GEMMs of a head's forward+backward (6·N·D·V FLOPs): ``Z = X W^T``,
+    ``dX = dZ W``, ``dW = dZ^T X``, on random data of the same shapes and dtype."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(N, D, generator=g).to(device, dtype)
+    w = torch.randn(V, D, generator=g).to(device, dtype)
+    dz = torch.randn(N, V, generator=g).to(device, dtype)
+
+    def run() -> None:
+        x @ w.t()
+        dz @ w
+        dz.t() @ x
 
     return run

@@ -1,9 +1,16 @@
-"""Benchmark runner: fused vs reference forward+backward time and peak extra memory.
+"""Benchmark runner: fused vs reference (and ``torch.compile``d reference) forward+backward
+time and peak extra memory, with the GEMM floor measured in the same run.
 
-    python -m benches.run --device cpu --losses npo --B 8 --T 1024 --D 512 --V 32000
+    python -m benches.run --device cpu --losses npo nll --B 4 --T 256 1024 --D 512 --V 32000
 
-Writes ``benches/results/<name>.json`` (a list of records ``{loss, impl, device, dtype,
-N, D, V, ms, peak_extra_mb, ...}``) and a Markdown table ``<name>.md`` beside it.
+Writes ``benches/results/<name>.json`` (a list of records ``{loss, impl, device, dtype, N, D,
+V, ms, fwd_ms, bwd_ms, peak_extra_mb, floor_ms, floor_ratio, tflops, ...}``), a Markdown
+table ``<name>.md`` and a plot ``<name>.png`` beside it.
+
+FLOP accounting: ``FLOP_FACTOR[loss] * N * D * V`` (6 for a single-pass head, 2 for
+flattening's forward-only GEMM, 8 with reference logits). The floor is the plain GEMMs of the
+same shapes and dtype (``Z = X W^T``, ``dX = dZ W``, ``dW = dZ^T X``, 6·N·D·V), timed here and
+scaled by ``FLOP_FACTOR / 6``.
 """
 
 from __future__ import annotations
@@ -16,7 +23,16 @@ from pathlib import Path
 import torch
 
 import unlearnx
-from benches.common import FLOP_FACTOR, LOSSES, median_ms, model_inputs, peak_extra_mb, step
+from benches.common import (
+    FLOP_FACTOR,
+    IMPLS,
+    LOSSES,
+    forward,
+    gemm_floor,
+    median_ms,
+    model_inputs,
+    peak_extra_mb,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -28,6 +44,25 @@ def machine(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
+def measure(loss: str, impl: str, inp, device: torch.device, repeats: int, chunk_size: int | None) -> dict:
+    fwd = forward(loss, impl, inp, chunk_size)
+
+    def total() -> None:
+        fwd().backward()
+
+    total()  # warm-up (compilation, allocator priming)
+    mem = peak_extra_mb(total, device)
+    ms = median_ms(total, device, repeats, warmup=0)
+
+    def forward_only() -> None:
+        out = fwd()
+        out.detach()  # keeps the graph alive until here, as in training
+        del out
+
+    fwd_ms = median_ms(forward_only, device, repeats, warmup=0)
+    return {"ms": ms, "fwd_ms": fwd_ms, "bwd_ms": max(ms - fwd_ms, 0.0), "peak_extra_mb": mem}
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     device = torch.device(args.device)
     records = []
@@ -36,13 +71,33 @@ def run(args: argparse.Namespace) -> list[dict]:
             args.B, T, args.D, args.V, DTYPES[args.dtype], args.device, ignore_frac=args.ignore_frac
         )
         n = int((inp.t != -100).sum())
+        floor6 = median_ms(gemm_floor(n, args.D, args.V, DTYPES[args.dtype], device), device, args.repeats)
         for loss in args.losses:
             for impl in args.impls:
-                fn = step(loss, impl, inp, args.chunk_size)
-                fn()  # warm-up (and allocator priming)
-                mem = peak_extra_mb(fn, device)
-                ms = median_ms(fn, device, args.repeats, warmup=0)
+                try:
+                    m = measure(loss, impl, inp, device, args.repeats, args.chunk_size)
+                except torch.OutOfMemoryError:
+                    # the reference at long contexts is the point of the comparison: record it
+                    records.append(
+                        dict(
+                            loss=loss,
+                            impl=impl,
+                            device=args.device,
+                            machine=machine(device),
+                            dtype=args.dtype,
+                            B=args.B,
+                            T=T,
+                            N=n,
+                            D=args.D,
+                            V=args.V,
+                            oom=True,
+                        )
+                    )
+                    print(json.dumps(records[-1]), flush=True)
+                    torch.cuda.empty_cache()
+                    continue
                 flops = FLOP_FACTOR[loss] * n * args.D * args.V
+                floor = floor6 * FLOP_FACTOR[loss] / 6
                 rec = dict(
                     loss=loss,
                     impl=impl,
@@ -54,9 +109,10 @@ def run(args: argparse.Namespace) -> list[dict]:
                     N=n,
                     D=args.D,
                     V=args.V,
-                    ms=round(ms, 2),
-                    peak_extra_mb=round(mem, 1),
-                    tflops=round(flops / ms / 1e9, 4),
+                    **{k: round(v, 2) for k, v in m.items()},
+                    floor_ms=round(floor, 2),
+                    floor_ratio=round(m["ms"] / floor, 3),
+                    tflops=round(flops / m["ms"] / 1e9, 4),
                     flop_accounting=f"{FLOP_FACTOR[loss]}*N*D*V",
                     chunk_size=args.chunk_size if impl == "fused" else None,
                     torch=torch.__version__,
@@ -69,31 +125,67 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 def markdown(records: list[dict]) -> str:
     lines = [
-        "| loss | N | D | V | dtype | impl | ms | peak extra MiB | TFLOP/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| loss | N | D | V | dtype | impl | ms | fwd ms | bwd ms | floor x | peak extra MiB | TFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
+        if r.get("oom"):
+            lines.append(
+                f"| {r['loss']} | {r['N']} | {r['D']} | {r['V']} | {r['dtype']} | {r['impl']} | "
+                "out of memory | | | | | |"
+            )
+            continue
         lines.append(
             f"| {r['loss']} | {r['N']} | {r['D']} | {r['V']} | {r['dtype']} | {r['impl']} | {r['ms']:.1f} "
-            f"| {r['peak_extra_mb']:.0f} | {r['tflops']:.3f} |"
+            f"| {r['fwd_ms']:.1f} | {r['bwd_ms']:.1f} | {r['floor_ratio']:.2f} | {r['peak_extra_mb']:.0f} "
+            f"| {r['tflops']:.3f} |"
         )
-    by_key = {}
-    for r in records:
+    by_key: dict = {}
+    for r in (r for r in records if not r.get("oom")):
         by_key.setdefault((r["loss"], r["N"]), {})[r["impl"]] = r
     ratios = [
         f"- {loss} N={n}: fused/reference time {v['fused']['ms'] / v['reference']['ms']:.2f}x, "
-        f"memory {v['fused']['peak_extra_mb'] / v['reference']['peak_extra_mb']:.3f}x"
+        f"memory {v['fused']['peak_extra_mb'] / max(v['reference']['peak_extra_mb'], 1e-9):.3f}x"
         for (loss, n), v in by_key.items()
         if {"fused", "reference"} <= v.keys()
     ]
     return "\n".join([*lines, "", *ratios]) + "\n"
 
 
+def plot(records: list[dict], path: Path) -> Path:
+    """Time and peak extra memory against N, one line per (loss, impl)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
+    ok = [r for r in records if not r.get("oom")]
+    keys = sorted({(r["loss"], r["impl"]) for r in ok})
+    for loss, impl in keys:
+        rows = sorted((r for r in ok if (r["loss"], r["impl"]) == (loss, impl)), key=lambda r: r["N"])
+        style = "-" if impl == "fused" else "--"
+        ax_t.plot([r["N"] for r in rows], [r["ms"] for r in rows], style, marker="o", label=f"{loss} {impl}")
+        ax_m.plot([r["N"] for r in rows], [r["peak_extra_mb"] for r in rows], style, marker="o")
+    for ax, label in ((ax_t, "forward+backward ms"), (ax_m, "peak extra MiB")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("tokens N")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    ax_t.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{records[0]['machine']}, {records[0]['dtype']}, D={records[0]['D']}, V={records[0]['V']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--losses", nargs="+", default=["npo"], choices=sorted(LOSSES))
-    ap.add_argument("--impls", nargs="+", default=["fused", "reference"], choices=["fused", "reference"])
+    ap.add_argument("--impls", nargs="+", default=["fused", "reference"], choices=IMPLS)
     ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     ap.add_argument("--B", type=int, default=8)
     ap.add_argument("--T", type=int, nargs="+", default=[1024])
@@ -105,12 +197,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chunk-size", type=int, default=None, help="fused chunk rows (default: memory budget)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--name", default=None, help="results file stem (default: <device>-<losses>)")
+    ap.add_argument(
+        "--out-dir", type=Path, default=RESULTS, help="folder for the results (default benches/results)"
+    )
     args = ap.parse_args(argv)
     records = run(args)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.name or f"{args.device}-{'-'.join(args.losses)}"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(records, indent=1) + "\n")
-    (RESULTS / f"{stem}.md").write_text(markdown(records))
+    (args.out_dir / f"{stem}.json").write_text(json.dumps(records, indent=1) + "\n")
+    (args.out_dir / f"{stem}.md").write_text(markdown(records))
+    plot(records, args.out_dir / f"{stem}.png")
     print(markdown(records))
 
 
