@@ -162,11 +162,13 @@ def plot(records: list[dict], path: Path) -> Path:
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
     ok = [r for r in records if not r.get("oom")]
     keys = sorted({(r["loss"], r["impl"]) for r in ok})
+    losses = sorted({loss for loss, _ in keys})
+    styles = {"fused": "-", "reference": "--", "compiled": ":"}
     for loss, impl in keys:
         rows = sorted((r for r in ok if (r["loss"], r["impl"]) == (loss, impl)), key=lambda r: r["N"])
-        style = "-" if impl == "fused" else "--"
-        ax_t.plot([r["N"] for r in rows], [r["ms"] for r in rows], style, marker="o", label=f"{loss} {impl}")
-        ax_m.plot([r["N"] for r in rows], [r["peak_extra_mb"] for r in rows], style, marker="o")
+        look = dict(color=f"C{losses.index(loss) % 10}", linestyle=styles.get(impl, "-."), marker="o")
+        ax_t.plot([r["N"] for r in rows], [r["ms"] for r in rows], label=f"{loss} {impl}", **look)
+        ax_m.plot([r["N"] for r in rows], [r["peak_extra_mb"] for r in rows], **look)
     for ax, label in ((ax_t, "forward+backward ms"), (ax_m, "peak extra MiB")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
