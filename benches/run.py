@@ -74,31 +74,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         floor6 = median_ms(gemm_floor(n, args.D, args.V, DTYPES[args.dtype], device), device, args.repeats)
         for loss in args.losses:
             for impl in args.impls:
-                try:
-                    m = measure(loss, impl, inp, device, args.repeats, args.chunk_size)
-                except torch.OutOfMemoryError:
-                    # the reference at long contexts is the point of the comparison: record it
-                    records.append(
-                        dict(
-                            loss=loss,
-                            impl=impl,
-                            device=args.device,
-                            machine=machine(device),
-                            dtype=args.dtype,
-                            B=args.B,
-                            T=T,
-                            N=n,
-                            D=args.D,
-                            V=args.V,
-                            oom=True,
-                        )
-                    )
-                    print(json.dumps(records[-1]), flush=True)
-                    torch.cuda.empty_cache()
-                    continue
-                flops = FLOP_FACTOR[loss] * n * args.D * args.V
-                floor = floor6 * FLOP_FACTOR[loss] / 6
-                rec = dict(
+                base = dict(
                     loss=loss,
                     impl=impl,
                     device=args.device,
@@ -109,6 +85,19 @@ def run(args: argparse.Namespace) -> list[dict]:
                     N=n,
                     D=args.D,
                     V=args.V,
+                )
+                try:
+                    m = measure(loss, impl, inp, device, args.repeats, args.chunk_size)
+                except torch.OutOfMemoryError:
+                    # the reference at long contexts is the point of the comparison: record it
+                    records.append({**base, "oom": True})
+                    print(json.dumps(records[-1]), flush=True)
+                    torch.cuda.empty_cache()
+                    continue
+                flops = FLOP_FACTOR[loss] * n * args.D * args.V
+                floor = floor6 * FLOP_FACTOR[loss] / 6
+                rec = dict(
+                    **base,
                     **{k: round(v, 2) for k, v in m.items()},
                     floor_ms=round(floor, 2),
                     floor_ratio=round(m["ms"] / floor, 3),

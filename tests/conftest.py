@@ -16,6 +16,27 @@ requires_cuda = pytest.mark.skipif(
 IGNORE = -100
 
 
+def torchrun(script, *args: str, nproc: int = 2, timeout: int = 300) -> None:
+    """Runs ``script`` under ``torch.distributed.run`` with ``nproc`` processes (gloo on CPU) on a
+    free port; fails the test with the end of stderr if it exits non-zero."""
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        str(free_port()),
+        str(script),
+        *args,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def free_port() -> int:
     """A TCP port free right now, for torch.distributed rendezvous in subprocess tests."""
     import socket

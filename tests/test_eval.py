@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import ks_2samp
 
-from tests.conftest import free_port
+from tests.conftest import torchrun
 from unlearnx.data.tofu import encode_qa, load_split
 from unlearnx.data.tokenizer import build_word_tokenizer
 from unlearnx.eval import metrics, tofu
@@ -315,24 +315,7 @@ def test_eval_callback_during_training_keeps_the_best(lm, tmp_path: Path) -> Non
 @needs_data
 def test_eval_callback_in_a_two_process_ddp_run(tmp_path: Path) -> None:
     """torchrun, 2 processes, gloo on CPU: rank 0 evaluates, rank 1 waits, both finish."""
-    import subprocess
-    import sys
-
-    script = Path(__file__).parent / "helpers" / "ddp_eval_train.py"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        str(script),
-        str(DATA),
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(Path(__file__).parent / "helpers" / "ddp_eval_train.py", str(DATA), str(tmp_path))
     assert json.loads((tmp_path / "world_size.json").read_text()) == {"world_size": 2}
     history = (tmp_path / "eval" / "eval_history.jsonl").read_text().splitlines()
     assert [json.loads(h)["step"] for h in history] == [2, 4]  # written once per evaluation, by rank 0

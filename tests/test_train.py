@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import free_port
+from tests.conftest import torchrun
 from unlearnx.data.tofu import load_split
 from unlearnx.data.tokenizer import build_word_tokenizer
 from unlearnx.eval.metrics import answer_logprobs
@@ -133,36 +133,9 @@ def test_two_ddp_processes_match_one_at_the_same_global_batch(tmp_path: Path) ->
     """torchrun, 2 processes x batch 2 on gloo/CPU against 1 process x batch 4, both over the
     whole 4-example forget set per step (NPO averages over sequences, so the DDP gradient mean
     equals the single-process one)."""
-    import subprocess
-    import sys
-
     script = Path(__file__).parent / "helpers" / "ddp_unlearn.py"
-    one = subprocess.run(
-        [sys.executable, str(script), str(DATA), str(tmp_path / "one.pt"), "4"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-            str(script),
-            str(DATA),
-            str(tmp_path / "two.pt"),
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
+    torchrun(script, str(DATA), str(tmp_path / "one.pt"), "4", nproc=1)
+    torchrun(script, str(DATA), str(tmp_path / "two.pt"), "2", nproc=2)
     a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     initial = None
     for name in a:
