@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import Tensor
 
 from unlearnx import functional as F
-from unlearnx.integrations.transformers import patch_causal_lm, unpatched_reference_loss
+from unlearnx.integrations.transformers import patch_causal_lm
+
+
+def unpatched_reference_loss(
+    model, input_ids: Tensor, attention_mask: Tensor | None, labels: Tensor
+) -> Tensor:
+    """The model's own token-mean cross-entropy with materialised logits (for comparisons)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
 
 
 def _tiny(family: str, tie: bool = False):

@@ -21,11 +21,6 @@ def lm_head(model) -> tuple[Tensor, Tensor | None]:
     return head.weight, getattr(head, "bias", None)
 
 
-def final_hidden_states(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """``(B, T, D)`` hidden states fed to the LM head, without computing logits."""
-    return hidden_states(model, input_ids, attention_mask)
-
-
 @torch.no_grad()
 def answer_logprobs(
     model, tokenizer, questions: list[str], answers: list[str], *, batch_size: int = 8, max_length: int = 512
@@ -40,7 +35,7 @@ def answer_logprobs(
             tokenizer, questions[start : start + batch_size], answers[start : start + batch_size], max_length
         )
         ids, mask, labels = (t.to(device) for t in (enc.input_ids, enc.attention_mask, enc.labels))
-        hidden = final_hidden_states(model, ids, mask)
+        hidden = hidden_states(model, ids, mask)
         s, c = functional.sequence_logprobs(hidden[:, :-1], weight, labels[:, 1:], bias=bias)
         sums.append(s.float().cpu())
         counts.append(c.cpu())

@@ -20,7 +20,8 @@ from torch import Tensor
 
 from unlearnx import functional
 from unlearnx._ops import flatten_margins
-from unlearnx.eval.metrics import final_hidden_states, greedy_continue, greedy_generate, lm_head, rouge_l_f1
+from unlearnx.eval.metrics import greedy_continue, greedy_generate, lm_head, rouge_l_f1
+from unlearnx.integrations.transformers import hidden_states
 
 
 def _encode_texts(tokenizer, texts: list[str], max_length: int) -> tuple[Tensor, Tensor]:
@@ -46,7 +47,7 @@ def token_logprobs(
     for start in range(0, len(texts), batch_size):
         ids, mask = _encode_texts(tokenizer, texts[start : start + batch_size], max_length)
         ids, mask = ids.to(device), mask.to(device)
-        hidden = final_hidden_states(model, ids, mask)
+        hidden = hidden_states(model, ids, mask)
         target = torch.where(mask[:, 1:] == 1, ids[:, 1:], -100)
         logp = functional.token_logprobs(hidden[:, :-1], weight, target, bias=bias).float().cpu()
         out += [lp[m == 1] for lp, m in zip(logp, mask[:, 1:].cpu(), strict=True)]
@@ -134,7 +135,7 @@ def extraction_strength(model, tokenizer, texts: list[str], *, max_length: int =
         ids, mask = (t.to(device) for t in _encode_texts(tokenizer, [text], max_length))
         if ids.shape[1] < 2:
             raise ValueError("texts: every text needs at least two tokens")
-        hidden = final_hidden_states(model, ids, mask)[0, :-1]
+        hidden = hidden_states(model, ids, mask)[0, :-1]
         target = ids[0, 1:]
         _, argmax = flatten_margins(hidden, weight, bias, target, -100, None)
         right = (argmax == target).cpu().tolist()

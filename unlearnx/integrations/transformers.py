@@ -18,7 +18,6 @@ import functools
 import types
 from collections.abc import Callable
 
-import torch
 from torch import Tensor
 
 # fn(hidden (B, T-1, D), weight (V, D), target (B, T-1), bias (V,) or None) -> loss
@@ -92,11 +91,3 @@ def patch_causal_lm(model):
     model.forward = types.MethodType(forward, model)
     model._unlearnx_patched = True
     return model
-
-
-def unpatched_reference_loss(
-    model, input_ids: Tensor, attention_mask: Tensor | None, labels: Tensor
-) -> Tensor:
-    """The model's own token-mean cross-entropy with materialised logits (for comparisons)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
