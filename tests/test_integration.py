@@ -129,3 +129,51 @@ def test_low_precision_body_with_an_fp32_head() -> None:
         ).float()
         want = torch.nn.functional.cross_entropy(logits.reshape(-1, 101), labels[:, 1:].reshape(-1))
     torch.testing.assert_close(out.loss.detach(), want, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_fsdp2_sharded_model_gives_the_unsharded_loss_and_gradients(tie: bool, tmp_path) -> None:
+    """FSDP2 on gloo/CPU, 2 ranks with half the batch each (what accelerate's FSDP2 wrapping
+    does, per decoder layer and at the root): the head weight read inside the patched forward is
+    the gathered one, so the loss and the gathered gradients equal one unsharded process's.
+    (accelerate itself enables FSDP only on GPUs; this is the sharding our forward must survive.)"""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import torchrun
+
+    script = Path(__file__).parent / "helpers" / "fsdp_grads.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one.pt"), str(int(tie))], check=True)
+    torchrun(script, str(tmp_path / "two.pt"), str(int(tie)), nproc=2)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert two["param_types"] == ["DTensor"]  # really sharded
+    torch.testing.assert_close(two["loss"], one["loss"], rtol=1e-5, atol=1e-6)
+    assert one["grads"].keys() == two["grads"].keys()
+    for name, g in one["grads"].items():
+        torch.testing.assert_close(two["grads"][name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_zero3_registers_the_head_as_an_external_parameter(tie: bool, monkeypatch) -> None:
+    """ZeRO-3 gathers a parameter only around its own module's forward, and the head module never
+    runs on the fused path: under ZeRO-3 the head weight must be registered on the root module.
+    (DeepSpeed is not installed here: a stand-in records the registration calls.)"""
+    import sys
+    import types
+
+    import transformers.integrations.deepspeed as hf_ds
+
+    model, plain = _tiny("llama", tie), _tiny("llama", tie)  # before the stand-in is installed
+    calls = []
+    zero = types.ModuleType("deepspeed.zero")
+    zero.register_external_parameter = lambda module, p: calls.append((module, p))
+    monkeypatch.setitem(sys.modules, "deepspeed", types.ModuleType("deepspeed"))
+    monkeypatch.setitem(sys.modules, "deepspeed.zero", zero)
+    monkeypatch.setattr(hf_ds, "is_deepspeed_zero3_enabled", lambda: True)
+    patch_causal_lm(model)
+    assert len(calls) == 1 and calls[0][0] is model and calls[0][1] is model.lm_head.weight
+    monkeypatch.setattr(hf_ds, "is_deepspeed_zero3_enabled", lambda: False)
+    calls.clear()
+    patch_causal_lm(plain)
+    assert calls == []

@@ -132,16 +132,27 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(target, tmp_
 def test_two_ddp_processes_match_one_at_the_same_global_batch(tmp_path: Path) -> None:
     """torchrun, 2 processes x batch 2 on gloo/CPU against 1 process x batch 4, both over the
     whole 4-example forget set per step (NPO averages over sequences, so the DDP gradient mean
-    equals the single-process one)."""
+    equals the single-process one). The final models are those ``save_to`` wrote from rank 0."""
+    from safetensors.torch import load_file
+
     script = Path(__file__).parent / "helpers" / "ddp_unlearn.py"
-    torchrun(script, str(DATA), str(tmp_path / "one.pt"), "4", nproc=1)
-    torchrun(script, str(DATA), str(tmp_path / "two.pt"), "2", nproc=2)
-    a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
-    initial = None
+    torchrun(script, str(DATA), str(tmp_path / "one"), "4", nproc=1)
+    torchrun(script, str(DATA), str(tmp_path / "two"), "2", nproc=2)
+    a, b = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("one", "two"))
+    assert a.keys() == b.keys() and len(a) > 0
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=name)
-        initial = name
-    assert initial is not None
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["model", "run"]  # no temporaries
+
+
+@needs_data
+def test_fsdp_that_accelerate_would_silently_drop_is_refused(tmp_path: Path) -> None:
+    """On CPU, accelerate ignores an FSDP plugin and would train unsharded; unlearn raises."""
+    script = Path(__file__).parent / "helpers" / "ddp_unlearn.py"
+    proc = torchrun(script, str(DATA), str(tmp_path), "2", "fsdp", nproc=2, check=False)
+    assert proc.returncode != 0
+    assert "fsdp: requested, but accelerate did not enable it" in proc.stderr
+    assert not (tmp_path / "model").exists()
 
 
 @needs_data

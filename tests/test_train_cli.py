@@ -207,3 +207,25 @@ def test_unlearn_on_hugging_face_datasets(job, tmp_path: Path, monkeypatch) -> N
     datasets.Dataset.from_dict({"text": ["x"]}).save_to_disk(bad)
     with pytest.raises(ValueError, match="question"):
         tofu.load_hf_qa(str(bad))
+
+
+def test_unlearn_rejects_bad_sharding_settings(job, tmp_path: Path, capsys) -> None:
+    ds, bad = tmp_path / "ds.json", tmp_path / "list.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    bad.write_text("[1, 2]")
+    cases = [
+        (["--fsdp-config", str(ds)], "--fsdp-config: given without --fsdp"),
+        (["--fsdp", "--deepspeed", str(ds)], "choose one"),
+        (["--fsdp", "--fsdp-config", str(bad)], "--fsdp-config: " + str(bad) + " holds a JSON list"),
+        (["--deepspeed", str(tmp_path / "missing.json")], "--deepspeed: cannot read"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--fsdp"], "--fsdp: accelerate shards only across GPUs"))
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        cases.append((["--deepspeed", str(ds)], "--deepspeed: the deepspeed package is not installed"))
+    for extra, needle in cases:
+        assert main(_args(job, *extra)) == 2, extra
+        assert needle in capsys.readouterr().err
+    assert not job["out"].exists()

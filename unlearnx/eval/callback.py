@@ -19,6 +19,7 @@ import torch
 from transformers import TrainerCallback
 
 from unlearnx.eval import report, tofu
+from unlearnx.integrations.transformers import is_sharded
 
 
 def _flatten(summary: Mapping, prefix: str = "") -> dict[str, float]:
@@ -81,7 +82,7 @@ class TofuEvalCallback(TrainerCallback):
     def _evaluate(self, state, model) -> None:
         if model is None:
             raise ValueError("model: the Trainer passed no model to the callback")
-        if type(model).__name__ in ("FullyShardedDataParallel", "DeepSpeedEngine"):
+        if is_sharded(model):
             raise NotImplementedError("TofuEvalCallback: sharded models (FSDP, ZeRO-3) are not supported yet")
         if state.is_world_process_zero:
             was_training = model.training

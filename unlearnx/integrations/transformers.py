@@ -3,9 +3,12 @@
 :func:`patch_causal_lm` wraps a model's ``forward``: called with ``unlearnx_loss=fn`` it runs
 the decoder, shifts, and returns ``CausalLMOutputWithPast(loss=fn(hidden, weight, target,
 bias))`` with ``logits=None``; called without it, it is the model's own forward (generation,
-evaluation). The head weight is read inside the patched forward, so it is the gathered
-weight under FSDP / ZeRO-3 and the shared one with tied embeddings. Gradient checkpointing is
-the decoder's own and keeps working.
+evaluation). The head weight is read inside the patched forward, so it is the unsharded
+weight under FSDP (the root module's parameter group is gathered for its forward) and the shared
+one with tied embeddings. ZeRO-3 gathers a parameter only for the forward of the module that
+owns it, and the head module never runs here, so under ZeRO-3 the head's parameters are
+registered as external parameters of the root module (DeepSpeed's mechanism for exactly this).
+Gradient checkpointing is the decoder's own and keeps working.
 
 Supported: decoder-only models whose logits are ``hidden @ W.T (+ b)`` with nothing after the
 head: the Llama, Mistral, Qwen2, Gemma and GPT-NeoX families among others. Models that
@@ -39,6 +42,29 @@ def check_supported(model) -> None:
         raise NotImplementedError(f"model: {type(model).__name__} has no output embeddings (LM head)")
 
 
+def is_sharded(model) -> bool:
+    """True when ``model``'s parameters are sharded (FSDP1 or FSDP2, DeepSpeed ZeRO-3), i.e.
+    they cannot be read outside the model's own forward."""
+    from torch.distributed.tensor import DTensor
+
+    if type(model).__name__ in ("FullyShardedDataParallel", "DeepSpeedEngine"):
+        return True
+    return any(isinstance(p, DTensor) or hasattr(p, "ds_id") for p in model.parameters())
+
+
+def _register_head_for_zero3(model) -> None:
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return
+    from deepspeed.zero import register_external_parameter
+
+    head = model.get_output_embeddings()
+    for p in (head.weight, getattr(head, "bias", None)):
+        if p is not None:
+            register_external_parameter(model, p)
+
+
 def hidden_states(model, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs) -> Tensor:
     """``(B, T, D)`` final hidden states (after the final norm), without the LM head; peft
     models (LoRA, ...) are unwrapped to their transformers model, adapters included."""
@@ -57,6 +83,7 @@ def patch_causal_lm(model):
     check_supported(model)
     if getattr(model, "_unlearnx_patched", False):
         return model
+    _register_head_for_zero3(model)
     original = model.forward
 
     @functools.wraps(original)

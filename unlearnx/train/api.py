@@ -36,6 +36,11 @@ class UnlearnConfig:
     logging_steps: int = 1
     save_steps: int | None = None  # checkpoint every N optimiser steps (resumable)
     max_steps: int | None = None  # overrides epochs
+    # sharded training through accelerate, on a multi-GPU launch (torchrun / accelerate launch):
+    # FSDP with Trainer's fsdp_config (a dict or a JSON file), or a DeepSpeed config file (ZeRO-3)
+    fsdp: bool = False
+    fsdp_config: dict | str | None = None
+    deepspeed: str | None = None
 
 
 def unlearn(
@@ -48,15 +53,20 @@ def unlearn(
     *,
     resume: bool = False,
     callbacks: list | None = None,
+    save_to: str | Path | None = None,
 ) -> dict:
     """Runs ``config.method`` on ``model`` (trained in place) with the forget (and retain) data:
     QA pairs, or datasets such as ``unlearnx.data.text.TextChunks`` (plain text, MUSE-style).
     Writes ``out_dir/metrics.jsonl`` and, with ``save_steps``, resumable checkpoints under
-    ``out_dir/checkpoints`` (``resume=True`` continues from the latest). Returns
-    ``{"cache_bytes", "reference_model_bytes", "steps", "lambda"}``: the reference cache's
-    size against what keeping a frozen copy of the model would hold."""
+    ``out_dir/checkpoints`` (``resume=True`` continues from the latest). ``save_to``: a folder
+    for the final model and tokenizer, written by the main process alone, atomically; under
+    FSDP or ZeRO-3 the full weights are gathered first (the in-memory ``model`` stays sharded).
+    Returns ``{"cache_bytes", "reference_model_bytes", "steps", "lambda"}``: the reference
+    cache's size against what keeping a frozen copy of the model would hold."""
     method, hp, retain_term = resolve(config.method, config.hparams, config.retain)
-    return _run(model, tokenizer, method, hp, retain_term, forget, retain, config, out_dir, resume, callbacks)
+    return _run(
+        model, tokenizer, method, hp, retain_term, forget, retain, config, out_dir, resume, callbacks, save_to
+    )
 
 
 def finetune(
@@ -65,7 +75,7 @@ def finetune(
     """Plain NLL training on QA pairs (labels on the answers), through the same fused path;
     used to build the demo's target and retain models."""
     method = Method(retain_nll, frozenset(), retain="none")
-    return _run(model, tokenizer, method, {}, "none", pairs, None, config, out_dir, False, None)
+    return _run(model, tokenizer, method, {}, "none", pairs, None, config, out_dir, False, None, None)
 
 
 def _dataset(tokenizer, data, max_length: int) -> Dataset:
@@ -90,6 +100,7 @@ def _run(
     out_dir,
     resume: bool,
     callbacks: list | None,
+    save_to,
 ) -> dict:
     if retain_term != "none" and (retain is None or len(retain) == 0):
         raise ValueError(
@@ -132,6 +143,9 @@ def _run(
         save_strategy="steps" if config.save_steps else "no",
         save_steps=config.save_steps or 500,
         restore_callback_states_from_checkpoint=True,
+        fsdp=config.fsdp or None,
+        fsdp_config=config.fsdp_config,
+        deepspeed=config.deepspeed,
     )
     callbacks = [MetricsJsonl(out_dir / "metrics.jsonl"), *([dual] if dual else []), *(callbacks or [])]
     trainer = UnlearnTrainer(
@@ -148,8 +162,11 @@ def _run(
         forget_weight=config.forget_weight,
         retain_weight=config.retain_weight,
     )
+    _check_sharding(trainer, config)
     has_checkpoint = resume and any((out_dir / "checkpoints").glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
+    if save_to is not None:
+        _save_final(trainer, tokenizer, Path(save_to))
     cache_bytes = sum(c.nbytes() for c in (forget_cache, retain_cache) if c is not None)
     return {
         "cache_bytes": cache_bytes,
@@ -159,9 +176,35 @@ def _run(
     }
 
 
-def save_model(model, tokenizer, path: str | Path) -> Path:
+def _check_sharding(trainer, config: UnlearnConfig) -> None:
+    """accelerate turns FSDP on only for multi-GPU launches and silently trains unsharded
+    otherwise; a job that asked for sharding must not run without it."""
+    for flag, wanted, enabled in (
+        ("fsdp", config.fsdp, trainer.is_fsdp_enabled),
+        ("deepspeed", config.deepspeed, trainer.is_deepspeed_enabled),
+    ):
+        if wanted and not enabled:
+            raise ValueError(
+                f"{flag}: requested, but accelerate did not enable it; it needs a multi-GPU launch "
+                "(torchrun or accelerate launch with CUDA devices)"
+            )
+
+
+def _save_final(trainer, tokenizer, path: Path) -> None:
+    state_dict = None
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        # a collective: every rank takes part, the main process receives the full weights
+        wrapped = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
+        state_dict = trainer.accelerator.get_state_dict(wrapped)
+    if trainer.args.should_save:
+        save_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, path, state_dict=state_dict)
+    trainer.accelerator.wait_for_everyone()
+
+
+def save_model(model, tokenizer, path: str | Path, *, state_dict: dict | None = None) -> Path:
     """Saves model and tokenizer to ``path`` atomically: a temporary sibling folder first, then
-    renamed into place, so a kill during the save leaves either the old or the new folder."""
+    renamed into place, so a kill during the save leaves either the old or the new folder.
+    ``state_dict``: weights to write instead of ``model``'s own (gathered from shards)."""
     import os
     import shutil
     import tempfile
@@ -169,7 +212,7 @@ def save_model(model, tokenizer, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     old = path.with_name(f".{path.name}-old")
     if path.exists():

@@ -63,6 +63,25 @@ def add_parser(sub) -> None:
         "--resume", action="store_true", default=None, help="continue from the latest checkpoint in --out"
     )
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument(
+        "--fsdp",
+        action="store_true",
+        default=None,
+        help="shard with FSDP (accelerate, FSDP2 by default); needs a multi-GPU launch: torchrun "
+        "--nproc-per-node N -m unlearnx.cli unlearn ...",
+    )
+    p.add_argument(
+        "--fsdp-config",
+        dest="fsdp_config",
+        type=Path,
+        help='JSON file of Trainer\'s fsdp_config (e.g. {"transformer_layer_cls_to_wrap": '
+        '["LlamaDecoderLayer"]}); with --fsdp',
+    )
+    p.add_argument(
+        "--deepspeed",
+        type=Path,
+        help="DeepSpeed config JSON file (ZeRO-2/3, offload); needs the deepspeed package and GPUs",
+    )
 
 
 def _parse_hparam(text: str) -> tuple[str, object]:
@@ -133,6 +152,40 @@ def _check_qa_file(flag: str, path: Path) -> list[tuple[str, str]]:
     return pairs
 
 
+def _read_json(flag: str, path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{flag}: cannot read {path} as JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{flag}: {path} holds a JSON {type(data).__name__}, expected an object")
+    return data
+
+
+def _check_sharding(settings: dict) -> None:
+    """FSDP and DeepSpeed settings, checked before any model loads."""
+    fsdp, fsdp_config, deepspeed = (settings.get(k) for k in ("fsdp", "fsdp_config", "deepspeed"))
+    if fsdp_config is not None and not fsdp:
+        raise ValueError("--fsdp-config: given without --fsdp")
+    if fsdp and deepspeed:
+        raise ValueError("--fsdp, --deepspeed: choose one")
+    if fsdp_config is not None and not isinstance(fsdp_config, dict):
+        settings["fsdp_config"] = _read_json("--fsdp-config", fsdp_config)
+    if deepspeed:
+        import importlib.util
+
+        _read_json("--deepspeed", deepspeed)
+        settings["deepspeed"] = str(deepspeed)
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ValueError("--deepspeed: the deepspeed package is not installed (pip install deepspeed)")
+    if fsdp or deepspeed:
+        import torch
+
+        if not torch.cuda.is_available():
+            flag = "--fsdp" if fsdp else "--deepspeed"
+            raise ValueError(f"{flag}: accelerate shards only across GPUs, and no CUDA device is visible")
+
+
 def plan(args: argparse.Namespace) -> dict:
     """Everything the job needs, validated; raises ValueError naming the bad setting."""
     settings = _read_config(args.config) if args.config else {}
@@ -163,6 +216,7 @@ def plan(args: argparse.Namespace) -> dict:
             f"--retain: method {method!r} uses a {retain_term!r} retain term and needs a retain set"
         )
     device, resume = settings.pop("device", None), bool(settings.pop("resume", False))
+    _check_sharding(settings)
     config = UnlearnConfig(method=method, hparams=hparams, retain=retain_term, **settings)
     for name in ("learning_rate", "epochs", "batch_size", "grad_accum", "max_length"):
         if not getattr(config, name) > 0:
@@ -200,14 +254,18 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from unlearnx.train.api import save_model, unlearn
+    from unlearnx.train.api import unlearn
 
     device = job["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(job["model"]).to(device)
     tok = AutoTokenizer.from_pretrained(job["model"])
     forget, retain = (_as_dataset(tok, d, job["config"].max_length) for d in (job["forget"], job["retain"]))
-    result = unlearn(model, tok, forget, retain, job["config"], job["out"], resume=job["resume"])
-    path = save_model(model, tok, job["out"] / "model")
+    path = job["out"] / "model"
+    result = unlearn(
+        model, tok, forget, retain, job["config"], job["out"], resume=job["resume"], save_to=path
+    )
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return 0
     cfg = job["config"]
     run_record = {"config": {f.name: getattr(cfg, f.name) for f in fields(cfg)}, "result": result}
     (job["out"] / "run.json").write_text(json.dumps(run_record, indent=1) + "\n")
