@@ -89,17 +89,13 @@ inline void check_ref_args(const at::Tensor& logits, const at::Tensor& ref_logit
   void ref_grad_##DEVICE##_(const at::Tensor& logits, const at::Tensor& ref_logits, const at::Tensor& target,   \
                             const at::Tensor& lse, const at::Tensor& ref_lse, const at::Tensor& logp,           \
                             const at::Tensor& ref_logp, const at::Tensor& a, const at::Tensor& c);              \
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dipo_stats_##DEVICE(                               \
-      const at::Tensor& logits, const at::Tensor& ref_logits, const at::Tensor& threshold, double shift);       \
-  void dipo_grad_##DEVICE##_(const at::Tensor& logits, const at::Tensor& ref_logits, const at::Tensor& threshold, \
-                             const at::Tensor& ref_max, const at::Tensor& s_out, const at::Tensor& s_in,        \
-                             double shift, const at::Tensor& coef);
+  at::Tensor dipo_direction_##DEVICE##_(const at::Tensor& ref_logits, const at::Tensor& threshold, double shift);
 
 // lse_stats: (lse, log p(target)) per row. logprob_grad_: logits <- coef * d log p(target)/dz.
 // max_stats: (max, first argmax) per row. ref_stats: (lse, ref_lse, log p(target),
 // log p_ref(target), KL(softmax(ref) || softmax(logits))). ref_grad_: logits <- d/dz of
-// a * log p(target) + c * KL. dipo_stats: (ref_max, s_out, s_in, Delta) per row, H = the
-// entries of ref_logits >= threshold (per row). dipo_grad_: logits <- coef * (q+ - q-).
+// a * log p(target) + c * KL. dipo_direction_: ref_logits <- g = q+ - q- (DiPO's direction,
+// H = the entries >= threshold, per row), returns <g, ref_logits> per row.
 UNLEARNX_ROW_KERNELS(cpu)
 #ifdef UNLEARNX_WITH_CUDA
 UNLEARNX_ROW_KERNELS(cuda)

@@ -18,12 +18,7 @@ TORCH_LIBRARY(unlearnx, m) {
   m.def(
       "ref_grad_(Tensor(a!) logits, Tensor ref_logits, Tensor target, Tensor lse, Tensor ref_lse, Tensor logp, "
       "Tensor ref_logp, Tensor a, Tensor c) -> ()");
-  m.def(
-      "dipo_stats(Tensor logits, Tensor ref_logits, Tensor threshold, float shift) -> "
-      "(Tensor ref_max, Tensor s_out, Tensor s_in, Tensor delta)");
-  m.def(
-      "dipo_grad_(Tensor(a!) logits, Tensor ref_logits, Tensor threshold, Tensor ref_max, Tensor s_out, "
-      "Tensor s_in, float shift, Tensor coef) -> ()");
+  m.def("dipo_direction_(Tensor(a!) ref_logits, Tensor threshold, float shift) -> Tensor offset");
 }
 
 #define UNLEARNX_REGISTER(DEVICE)                                  \
@@ -32,8 +27,7 @@ TORCH_LIBRARY(unlearnx, m) {
   m.impl("max_stats", &unlearnx::max_stats_##DEVICE);              \
   m.impl("ref_stats", &unlearnx::ref_stats_##DEVICE);              \
   m.impl("ref_grad_", &unlearnx::ref_grad_##DEVICE##_);            \
-  m.impl("dipo_stats", &unlearnx::dipo_stats_##DEVICE);            \
-  m.impl("dipo_grad_", &unlearnx::dipo_grad_##DEVICE##_);
+  m.impl("dipo_direction_", &unlearnx::dipo_direction_##DEVICE##_);
 
 TORCH_LIBRARY_IMPL(unlearnx, CPU, m) { UNLEARNX_REGISTER(cpu) }
 

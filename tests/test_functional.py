@@ -500,6 +500,27 @@ def test_dipo_equals_log2_at_the_reference() -> None:
     assert torch.autograd.grad(loss, x)[0].abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("top_k", [1, 2])
+@pytest.mark.parametrize("chunk_size", [2, None])
+def test_dipo_top_k_with_ties_matches_reference(top_k: int, chunk_size: int | None) -> None:
+    """top_k=1 takes its threshold from a row max, larger k from topk; the reference head has
+    tied rows, so H holds more than top_k entries. Chunk 2 is the two-pass schedule (U kept
+    from the statistics pass), None the single pass."""
+    p = make_problem(B=3, T=7, D=8, V=29)
+    x, w, b = p.leaves(torch.float64)
+    xr, wr, br = p.ref(torch.float64)
+    wr = wr.clone()
+    wr[[4, 9]] = wr[2].clone()  # three tied reference logits in every row
+    br = br.clone()
+    br[[4, 9]] = br[2].clone()
+    kw = dict(ref_bias=br, bias=b, top_k=top_k, shift=0.6, beta=1.5)
+    fused = F.dipo_loss(x, w, p.t, xr, wr, chunk_size=chunk_size, **kw)
+    ref = R.dipo_loss(x, w, p.t, xr, wr, **kw)
+    torch.testing.assert_close(fused, ref, rtol=1e-10, atol=1e-12)
+    for a, e in zip(torch.autograd.grad(fused, (x, w, b)), torch.autograd.grad(ref, (x, w, b)), strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-12)
+
+
 def _token_npo(p: Problem, x, w, b, beta: float) -> torch.Tensor:
     xr, wr, br = p.ref(torch.float64)
     valid = p.t != IGNORE

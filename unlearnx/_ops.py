@@ -2,7 +2,7 @@
 
 C++ row kernels (``csrc/ops.cpp``; see ``csrc/kernels.h`` for what each computes):
 ``lse_stats``, ``logprob_grad_``, ``max_stats``, ``ref_stats``, ``ref_grad_``,
-``dipo_stats``, ``dipo_grad_``.
+``dipo_direction_``.
 
 Chunked operators (the driver in ``_chunked``; opaque to ``torch.compile``). Inputs are
 ``input [B, T, D]``, ``weight [V, D]``, ``bias [V]?``, ``target [B, T]``, and for
@@ -73,19 +73,14 @@ def _ref_grad_fake(logits, ref_logits, target, lse, ref_lse, logp, ref_logp, a, 
     return None
 
 
-@torch.library.register_fake("unlearnx::dipo_stats")
-def _dipo_stats_fake(logits, ref_logits, threshold, shift):
-    return tuple(logits.new_empty(logits.shape[0], dtype=_acc(logits)) for _ in range(4))
-
-
-@torch.library.register_fake("unlearnx::dipo_grad_")
-def _dipo_grad_fake(logits, ref_logits, threshold, ref_max, s_out, s_in, shift, coef) -> None:
-    return None
+@torch.library.register_fake("unlearnx::dipo_direction_")
+def _dipo_direction_fake(ref_logits, threshold, shift):
+    return ref_logits.new_empty(ref_logits.shape[0], dtype=_acc(ref_logits))
 
 
 # ------------------------------------------------------------------ token values (two-pass)
 
-_N_STATS = {"logp": 2, "kl": 5, "dipo": 5, "target_score": 3}
+_N_STATS = {"logp": 2, "kl": 5, "dipo": 1, "target_score": 3}
 
 
 @torch.library.custom_op("unlearnx::token_values", mutates_args=())

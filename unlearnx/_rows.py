@@ -3,7 +3,9 @@
 A family turns a chunk of policy logits ``z [C, V]`` (and, for reference-based losses,
 reference logits ``r [C, V]``) into per-row statistics, names the per-token *value* a loss
 is built on, and rewrites ``z`` in place into ``dL/dz`` given per-row coefficients
-``dL/dvalue``. The chunk driver (``_chunked``) is the same for every family.
+``dL/dvalue``. The chunk driver (``_chunked``) is the same for every family. A ``linear``
+family (DiPO) has a value linear in ``z`` with a direction from the reference alone; the
+driver then never forms ``z`` at all.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class LogProb:
     """value = log p(target). stats = (lse, logp)."""
 
     needs_ref = False
+    linear = False
 
     def stats(self, z: Tensor, r: Tensor | None, t: Tensor) -> Stats:
         return tuple(torch.ops.unlearnx.lse_stats(z, t))
@@ -37,6 +40,7 @@ class Reference:
     or a pair ``(a, c)``: the gradient of ``a * log p(target) + c * KL``."""
 
     needs_ref = True
+    linear = False
 
     def stats(self, z: Tensor, r: Tensor | None, t: Tensor) -> Stats:
         return tuple(torch.ops.unlearnx.ref_stats(z, r, t))
@@ -54,26 +58,31 @@ class Reference:
 
 class Dipo:
     """DiPO rows (reconstruction, see ``functional.dipo_loss``): value = Delta_t =
-    <q+ - q-, z - r> for q+- = softmax(r -+ shift 1_H), H the entries of r at least as
-    large as its ``top_k``-th largest (ties included). stats = (ref_max, s_out, s_in,
-    delta, threshold)."""
+    <g, z - r>, g = q+ - q-, q+- = softmax(r -+ shift 1_H), H the entries of r at least as
+    large as its ``top_k``-th largest (ties included). stats = (delta,).
+
+    Delta is linear in the policy logits and g depends on the reference alone, so this family
+    never sees ``z``: :meth:`direction_` turns a reference chunk into g, and the driver
+    (``_chunked``) forms ``<g, z> = <g W, x> + <g, b>`` and the gradients ``dX = coef g W``,
+    ``dW = (coef g)^T X`` from it."""
 
     needs_ref = True
+    linear = True
 
     def __init__(self, top_k: int, shift: float) -> None:
         self.top_k, self.shift = top_k, shift
 
-    def stats(self, z: Tensor, r: Tensor | None, t: Tensor) -> Stats:
+    def direction_(self, r: Tensor) -> Tensor:
+        """Rewrites ``r [C, V]`` into g in place; returns ``<g, r> (C,)`` (fp32, fp64 for fp64)."""
         acc = torch.float64 if r.dtype == torch.float64 else torch.float32
-        threshold = r.topk(min(self.top_k, r.shape[1]), dim=1).values[:, -1].to(acc)
-        return (*torch.ops.unlearnx.dipo_stats(z, r, threshold, self.shift), threshold)
+        if self.top_k == 1:  # a max is several times cheaper than topk on CPU
+            threshold = r.amax(dim=1).to(acc)
+        else:
+            threshold = r.topk(min(self.top_k, r.shape[1]), dim=1).values[:, -1].to(acc)
+        return torch.ops.unlearnx.dipo_direction_(r, threshold, self.shift)
 
     def value(self, stats: Stats) -> Tensor:
-        return stats[3]
-
-    def grad_(self, z: Tensor, r: Tensor | None, t: Tensor, stats: Stats, coef: Tensor) -> None:
-        ref_max, s_out, s_in, _, threshold = stats
-        torch.ops.unlearnx.dipo_grad_(z, r, threshold, ref_max, s_out, s_in, self.shift, coef)
+        return stats[0]
 
 
 class Max:
@@ -81,6 +90,7 @@ class Max:
     flattening gradient is sparse plus rank one and never touches the logits."""
 
     needs_ref = False
+    linear = False
 
     def stats(self, z: Tensor, r: Tensor | None, t: Tensor) -> Stats:
         return tuple(torch.ops.unlearnx.max_stats(z))
@@ -98,6 +108,7 @@ class TargetScore:
     statistics kernel and a top-2 of the chunk."""
 
     needs_ref = False
+    linear = False
 
     def stats(self, z: Tensor, r: Tensor | None, t: Tensor) -> Stats:
         lse, logp = torch.ops.unlearnx.lse_stats(z, t)

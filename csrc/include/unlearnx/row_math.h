@@ -168,27 +168,31 @@ UNLX_HD acc_t ref_grad_target(acc_t logp, acc_t logp_ref, acc_t a, acc_t c) {
 // ---------------------------------------------------------------- DiPO rows
 // q+ = softmax(r - shift 1_H), q- = softmax(r + shift 1_H), where H holds the entries of r
 // at least as large as a per-row threshold (its k-th largest value). With e_v =
-// exp(r_v - m_r): s_out / s_in sum e_v outside / inside H, a_out / a_in sum e_v (z_v - r_v),
-// and s+- = s_out + exp(-+shift) s_in. Differences of the two shifted distributions are
-// written without cancellation (s_out is summed directly, never as all - inside):
-//   Delta = <q+ - q-, z - r> = 2 sinh(shift) (a_out s_in - a_in s_out) / (s+ s-)
-//   q+_v - q-_v = 2 sinh(shift) e_v s_in / (s+ s-)    outside H
-//               = -2 sinh(shift) e_v s_out / (s+ s-)  inside H
+// exp(r_v - m_r): s_out / s_in sum e_v outside / inside H, and s+- = s_out + exp(-+shift) s_in.
+// The direction g = q+ - q- is written without cancellation (s_out is summed directly,
+// never as all - inside):
+//   g_v = 2 sinh(shift) e_v s_in / (s+ s-)     outside H
+//       = -2 sinh(shift) e_v s_out / (s+ s-)   inside H
+// and for any y, <g, y> = 2 sinh(shift) (b_out s_in - b_in s_out) / (s+ s-), b_out / b_in
+// summing e_v y_v outside / inside H. DiPO's Delta = <g, z - r> is linear in the policy logits
+// z, so the driver never forms them: <g, z> = <g W, x> + <g, b>, and the row kernel needs only
+// <g, r> (y = r - m_r: g sums to zero, so the shift by m_r changes nothing but the rounding).
 template <typename acc_t>
 UNLX_HD acc_t dipo_scale(acc_t s_out, acc_t s_in, acc_t shift) {
   const acc_t s_plus = s_out + exp_acc(-shift) * s_in, s_minus = s_out + exp_acc(shift) * s_in;
   return (expm1_acc(shift) - expm1_acc(-shift)) / (s_plus * s_minus);
 }
 
+// <g, y> from the sums b_out, b_in of e_v y_v outside / inside H.
 template <typename acc_t>
-UNLX_HD acc_t dipo_delta(acc_t s_out, acc_t s_in, acc_t a_out, acc_t a_in, acc_t shift) {
-  return dipo_scale(s_out, s_in, shift) * (a_out * s_in - a_in * s_out);
+UNLX_HD acc_t dipo_inner(acc_t s_out, acc_t s_in, acc_t b_out, acc_t b_in, acc_t shift) {
+  return dipo_scale(s_out, s_in, shift) * (b_out * s_in - b_in * s_out);
 }
 
-// coef * (q+_v - q-_v), given scale = dipo_scale(...) of the row.
+// g_v, given scale = dipo_scale(...) of the row.
 template <typename acc_t>
-UNLX_HD acc_t dipo_grad(acc_t r, bool in_top, acc_t m_r, acc_t s_out, acc_t s_in, acc_t scale, acc_t coef) {
-  return coef * scale * exp_acc(r - m_r) * (in_top ? -s_out : s_in);
+UNLX_HD acc_t dipo_direction(acc_t r, bool in_top, acc_t m_r, acc_t s_out, acc_t s_in, acc_t scale) {
+  return scale * exp_acc(r - m_r) * (in_top ? -s_out : s_in);
 }
 
 }  // namespace unlearnx
