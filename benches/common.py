@@ -19,7 +19,9 @@ from unlearnx.models import tiny_llama
 from unlearnx.profiling import median_ms, peak_extra_mb
 
 __all__ = [
+    "BASELINES",
     "FLOP_FACTOR",
+    "FUSED_FLOP_FACTOR",
     "IMPLS",
     "LOSSES",
     "Inputs",
@@ -29,6 +31,7 @@ __all__ = [
     "model_inputs",
     "peak_extra_mb",
     "step",
+    "unavailable",
 ]
 
 
@@ -112,11 +115,14 @@ LOSSES: dict[str, Callable] = {
     "dipo": _dipo,
     "dto": _dto,
 }
-# GEMM FLOPs of forward+backward in units of N*D*V, as both implementations do them:
-# policy logits, dX and dW (6; a two-pass fused schedule recomputes the logits: 8), plus
-# the reference logits (2) where the loss has a reference model. Flattening's backward
-# needs no vocabulary GEMM, so only its forward GEMM counts (2).
+# GEMM FLOPs of forward+backward in units of N*D*V for a logits-based implementation (the
+# reference): policy logits, dX and dW (6), plus the reference logits (2) where the loss has
+# a reference model. Flattening's backward needs no vocabulary GEMM (2). The floor is scaled
+# by these. A two-pass fused schedule recomputes the logits (+2).
 FLOP_FACTOR = {"nll": 6, "npo": 6, "simnpo": 6, "flatten": 2, "kl": 8, "dipo": 8, "dto": 8}
+# What the single-pass fused schedule does where it differs: DiPO's value is linear in the
+# policy logits, so it never forms them: reference logits, U = G W, and dW (6; dX = c U).
+FUSED_FLOP_FACTOR = {**FLOP_FACTOR, "dipo": 6}
 
 
 class _Compiled:
@@ -132,14 +138,63 @@ class _Compiled:
 
 
 COMPILED = _Compiled()
-IMPLS = ("fused", "reference", "compiled")
+
+
+def _liger_nll(inp: Inputs) -> torch.Tensor:
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    d = inp.x.shape[-1]
+    return LigerFusedLinearCrossEntropyLoss()(inp.w, inp.x.reshape(-1, d), inp.t.reshape(-1))
+
+
+def _cce_nll(inp: Inputs) -> torch.Tensor:
+    from cut_cross_entropy import linear_cross_entropy
+
+    # "cce" is the Triton kernel (GPU); "torch_compile" is the package's own CPU-capable path
+    impl = "cce" if inp.x.is_cuda else "torch_compile"
+    return linear_cross_entropy(inp.x, inp.w, inp.t, impl=impl)
+
+
+# Other projects' fused linear cross-entropy (token-mean NLL only), as baselines when importable.
+BASELINES: dict[str, tuple[str, Callable[[Inputs], torch.Tensor]]] = {
+    "liger": ("liger_kernel", _liger_nll),
+    "cce": ("cut_cross_entropy", _cce_nll),
+}
+IMPLS = ("fused", "reference", "compiled", *BASELINES)
+
+
+def unavailable(loss: str, impl: str, device: torch.device) -> str | None:
+    """Why ``impl`` cannot run ``loss`` here, or None if it can."""
+    import importlib.util
+
+    if impl not in BASELINES:
+        return None
+    module, _ = BASELINES[impl]
+    if loss != "nll":
+        return f"{impl} implements only nll (fused linear cross-entropy)"
+    if importlib.util.find_spec(module) is None:
+        return f"{module} is not importable"
+    if impl == "liger" and device.type != "cuda":
+        return "liger's Triton kernels need a CUDA GPU"
+    return None
 
 
 def forward(loss: str, impl: str, inp: Inputs, chunk_size: int | None = None) -> Callable[[], torch.Tensor]:
-    """A closure computing ``loss`` with ``impl`` ("fused", "reference" or "compiled": the
-    reference under ``torch.compile``)."""
+    """A closure computing ``loss`` with ``impl``: "fused", "reference", "compiled" (the
+    reference under ``torch.compile``) or a baseline of ``BASELINES`` (nll only)."""
     if impl not in IMPLS:
         raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
+    if impl in BASELINES:
+        reason = unavailable(loss, impl, inp.x.device)
+        if reason is not None:
+            raise ValueError(f"impl: {reason}")
+        fn = BASELINES[impl][1]
+
+        def run_baseline() -> torch.Tensor:
+            inp.x.grad = inp.w.grad = None
+            return fn(inp)
+
+        return run_baseline
     mod, kw = {"fused": (F, {"chunk_size": chunk_size}), "reference": (R, {}), "compiled": (COMPILED, {})}[
         impl
     ]

@@ -1,5 +1,7 @@
-"""Benchmark runner: fused vs reference (and ``torch.compile``d reference) forward+backward
-time and peak extra memory, with the GEMM floor measured in the same run.
+"""Benchmark runner: fused vs reference (and ``torch.compile``d reference, and for NLL the
+Liger-Kernel and cut-cross-entropy fused linear cross-entropy where importable: ``--impls
+liger cce``) forward+backward time and peak extra memory, with the GEMM floor measured in
+the same run. Implementations that cannot run a loss here are skipped with a message.
 
     python -m benches.run --device cpu --losses npo nll --B 4 --T 256 1024 --D 512 --V 32000
 
@@ -7,10 +9,12 @@ Writes ``benches/results/<name>.json`` (a list of records ``{loss, impl, device,
 V, ms, fwd_ms, bwd_ms, peak_extra_mb, floor_ms, floor_ratio, tflops, ...}``), a Markdown
 table ``<name>.md`` and a plot ``<name>.png`` beside it.
 
-FLOP accounting: ``FLOP_FACTOR[loss] * N * D * V`` (6 for a single-pass head, 2 for
-flattening's forward-only GEMM, 8 with reference logits). The floor is the plain GEMMs of the
-same shapes and dtype (``Z = X W^T``, ``dX = dZ W``, ``dW = dZ^T X``, 6·N·D·V), timed here and
-scaled by ``FLOP_FACTOR / 6``.
+FLOP accounting: ``FLOP_FACTOR[loss] * N * D * V`` for a logits-based implementation (6 for
+a head, 2 for flattening's forward-only GEMM, 8 with reference logits); TFLOP/s of the fused
+rows count what the single-pass fused schedule does (``FUSED_FLOP_FACTOR``: 6 for DiPO,
+which never forms the policy logits). The floor is the plain GEMMs of the same shapes and
+dtype (``Z = X W^T``, ``dX = dZ W``, ``dW = dZ^T X``, 6·N·D·V), timed here and scaled by
+``FLOP_FACTOR / 6``: the GEMM time of the logits-based computation.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 from pathlib import Path
 
 import torch
@@ -25,6 +30,7 @@ import torch
 import unlearnx
 from benches.common import (
     FLOP_FACTOR,
+    FUSED_FLOP_FACTOR,
     IMPLS,
     LOSSES,
     forward,
@@ -32,6 +38,7 @@ from benches.common import (
     median_ms,
     model_inputs,
     peak_extra_mb,
+    unavailable,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -74,6 +81,10 @@ def run(args: argparse.Namespace) -> list[dict]:
         floor6 = median_ms(gemm_floor(n, args.D, args.V, DTYPES[args.dtype], device), device, args.repeats)
         for loss in args.losses:
             for impl in args.impls:
+                reason = unavailable(loss, impl, device)
+                if reason is not None:
+                    print(f"skipping {impl} for {loss}: {reason}", file=sys.stderr, flush=True)
+                    continue
                 base = dict(
                     loss=loss,
                     impl=impl,
@@ -94,7 +105,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                     print(json.dumps(records[-1]), flush=True)
                     torch.cuda.empty_cache()
                     continue
-                flops = FLOP_FACTOR[loss] * n * args.D * args.V
+                factor = (FUSED_FLOP_FACTOR if impl == "fused" else FLOP_FACTOR)[loss]
+                flops = factor * n * args.D * args.V
                 floor = floor6 * FLOP_FACTOR[loss] / 6
                 rec = dict(
                     **base,
@@ -102,7 +114,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                     floor_ms=round(floor, 2),
                     floor_ratio=round(m["ms"] / floor, 3),
                     tflops=round(flops / m["ms"] / 1e9, 4),
-                    flop_accounting=f"{FLOP_FACTOR[loss]}*N*D*V",
+                    flop_accounting=f"{factor}*N*D*V",
                     chunk_size=args.chunk_size if impl == "fused" else None,
                     torch=torch.__version__,
                     unlearnx=unlearnx.__version__,

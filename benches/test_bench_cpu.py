@@ -22,3 +22,20 @@ def test_forward_backward(benchmark, inputs, loss: str, impl: str) -> None:
     value = forward(loss, impl, inputs)()
     other = forward(loss, "reference" if impl == "fused" else "fused", inputs)()
     torch.testing.assert_close(value, other, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["liger", "cce"])
+def test_baselines_are_nll_only_and_report_why_they_cannot_run(inputs, impl: str) -> None:
+    from benches.common import unavailable
+
+    with pytest.raises(ValueError, match="only nll"):
+        forward("npo", impl, inputs)
+    reason = unavailable("nll", impl, inputs.x.device)
+    if reason is None:  # importable and usable here: it must agree with the reference
+        torch.testing.assert_close(
+            forward("nll", impl, inputs)(), forward("nll", "reference", inputs)(), rtol=1e-4, atol=1e-5
+        )
+    else:
+        assert "not importable" in reason or "CUDA" in reason
+        with pytest.raises(ValueError, match="impl: "):
+            forward("nll", impl, inputs)
