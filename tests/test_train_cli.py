@@ -229,3 +229,21 @@ def test_unlearn_rejects_bad_sharding_settings(job, tmp_path: Path, capsys) -> N
         assert main(_args(job, *extra)) == 2, extra
         assert needle in capsys.readouterr().err
     assert not job["out"].exists()
+
+
+def test_unlearn_under_torchrun_writes_once_from_the_main_process(job, capsys) -> None:
+    """Two DDP ranks (gloo, CPU) run the CLI; the model, run.json and the summary come from
+    rank 0 alone (every rank used to save, racing on the same folder)."""
+    from tests.conftest import torchrun
+
+    extra = ["--method", "npo", "--max-steps", "2", "--batch-size", "1", "--lr", "1e-3"]
+    proc = torchrun("-m", "unlearnx.cli", *_args(job, *extra), nproc=2)
+    assert proc.stdout.count("unlearned with npo in 2 steps") == 1, proc.stdout
+    assert json.loads((job["out"] / "run.json").read_text())["result"]["steps"] == 2
+    assert (job["out"] / "model" / "model.safetensors").is_file()
+    assert sorted(p.name for p in job["out"].iterdir()) == [
+        "checkpoints",
+        "metrics.jsonl",
+        "model",
+        "run.json",
+    ]

@@ -62,7 +62,9 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--resume", action="store_true", default=None, help="continue from the latest checkpoint in --out"
     )
-    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument(
+        "--device", help="cpu or cuda (default: this rank's GPU under torchrun, else cuda if available)"
+    )
     p.add_argument(
         "--fsdp",
         action="store_true",
@@ -243,6 +245,17 @@ def _as_dataset(tok, data, max_length: int):
     return data
 
 
+def _default_device() -> str:
+    """This process's GPU under torchrun / accelerate launch (LOCAL_RANK), else cuda or cpu."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
@@ -256,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
 
     from unlearnx.train.api import unlearn
 
-    device = job["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = job["device"] or _default_device()
     model = AutoModelForCausalLM.from_pretrained(job["model"]).to(device)
     tok = AutoTokenizer.from_pretrained(job["model"])
     forget, retain = (_as_dataset(tok, d, job["config"].max_length) for d in (job["forget"], job["retain"]))
