@@ -75,6 +75,11 @@ def test_every_method_lowers_forget_logprob(target, method: str, tmp_path: Path)
         assert retain_drop <= RETAIN_TOLERANCE, f"{method}: retain mean log-prob fell by {retain_drop:.3f}"
         assert retain_drop < before - after
     assert result["steps"] == 3 and (tmp_path / "metrics.jsonl").is_file()
+    # the report says the same as the direct measurement above
+    rep = result["report"]
+    assert rep["forget"]["before"]["logp_per_token"] == pytest.approx(before, abs=1e-5)
+    assert rep["forget"]["after"]["logp_per_token"] == pytest.approx(after, abs=1e-5)
+    assert rep["forget"]["after"]["prob"] < rep["forget"]["before"]["prob"]
     if METHODS[method].dual:
         assert result["lambda"] is not None
 

@@ -68,7 +68,13 @@ def test_unlearn_from_flags_and_config_file(job, tmp_path: Path, capsys) -> None
     logs = [json.loads(line) for line in (job["out"] / "metrics.jsonl").read_text().splitlines()]
     assert any("forget_loss" in r and "retain_loss" in r for r in logs)
     assert all(r["forget_logp"] < 0 and r["retain_logp"] < 0 for r in logs if "forget_loss" in r)
-    assert "reference cache" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "reference cache" in out and "prob before" in out
+    report = run["result"]["report"]
+    assert report.keys() == {"forget", "retain"}
+    for part in report.values():
+        assert part["before"]["examples"] == 2 and 0 < part["after"]["prob"] < 1
+        assert part["after"]["logp_per_token"] < 0
 
 
 @pytest.mark.parametrize(
@@ -77,6 +83,7 @@ def test_unlearn_from_flags_and_config_file(job, tmp_path: Path, capsys) -> None
         (["--hparam", "delta=0.1"], "hparams"),
         (["--hparam", "beta"], "--hparam"),
         (["--retain-term", "nll", "--method", "pdu", "--lr", "-1"], "--learning-rate"),
+        (["--report-examples", "-1"], "--report-examples"),
     ],
 )
 def test_unlearn_rejects_bad_settings(job, extra, needle, capsys) -> None:

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from transformers import TrainingArguments
 
+from unlearnx.integrations.transformers import is_sharded
 from unlearnx.train.cache import ReferenceCache
 from unlearnx.train.data import PairCollator, PairedDataset, QADataset
 from unlearnx.train.methods import RETAIN_TERMS, Method, resolve, retain_nll
@@ -35,6 +36,8 @@ class UnlearnConfig:
     dual_per_micro_batch: bool = False
     logging_steps: int = 1
     save_steps: int | None = None  # checkpoint every N optimiser steps (resumable)
+    # forget/retain answer probabilities before and after, on the first N examples of each (0: off)
+    report_examples: int = 200
     max_steps: int | None = None  # overrides epochs
     # sharded training through accelerate, on a multi-GPU launch (torchrun / accelerate launch):
     # FSDP with Trainer's fsdp_config (a dict or a JSON file), or a DeepSpeed config file (ZeRO-3)
@@ -61,11 +64,24 @@ def unlearn(
     ``out_dir/checkpoints`` (``resume=True`` continues from the latest). ``save_to``: a folder
     for the final model and tokenizer, written by the main process alone, atomically; under
     FSDP or ZeRO-3 the full weights are gathered first (the in-memory ``model`` stays sharded).
-    Returns ``{"cache_bytes", "reference_model_bytes", "steps", "lambda"}``: the reference
-    cache's size against what keeping a frozen copy of the model would hold."""
+    Returns ``{"cache_bytes", "reference_model_bytes", "steps", "lambda", "report"}``: the
+    reference cache's size against what keeping a frozen copy of the model would hold, and what
+    was forgotten and kept (:func:`answer_report` of the forget and retain sets before and after)."""
     method, hp, retain_term = resolve(config.method, config.hparams, config.retain)
     return _run(
-        model, tokenizer, method, hp, retain_term, forget, retain, config, out_dir, resume, callbacks, save_to
+        model,
+        tokenizer,
+        method,
+        hp,
+        retain_term,
+        forget,
+        retain,
+        config,
+        out_dir,
+        resume,
+        callbacks,
+        save_to,
+        report=config.report_examples > 0,
     )
 
 
@@ -75,7 +91,9 @@ def finetune(
     """Plain NLL training on QA pairs (labels on the answers), through the same fused path;
     used to build the demo's target and retain models."""
     method = Method(retain_nll, frozenset(), retain="none")
-    return _run(model, tokenizer, method, {}, "none", pairs, None, config, out_dir, False, None, None)
+    return _run(
+        model, tokenizer, method, {}, "none", pairs, None, config, out_dir, False, None, None, report=False
+    )
 
 
 def _dataset(tokenizer, data, max_length: int) -> Dataset:
@@ -101,6 +119,8 @@ def _run(
     resume: bool,
     callbacks: list | None,
     save_to,
+    *,
+    report: bool,
 ) -> dict:
     if retain_term != "none" and (retain is None or len(retain) == 0):
         raise ValueError(
@@ -110,6 +130,9 @@ def _run(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     forget_ds = _dataset(tokenizer, forget, config.max_length)
     retain_ds = _dataset(tokenizer, retain, config.max_length) if retain_term != "none" else None
+    sets = {"forget": forget_ds, **({"retain": retain_ds} if retain_ds is not None else {})}
+    limit = config.report_examples
+    before = {k: answer_report(model, d, pad_id, limit) for k, d in sets.items()} if report else {}
     dto_options = {k: hp[k] for k in method.dto_options}
     forget_cache = (
         ReferenceCache.build(model, forget_ds, set(method.needs), pad_id=pad_id, dto_options=dto_options)
@@ -165,6 +188,14 @@ def _run(
     _check_sharding(trainer, config)
     has_checkpoint = resume and any((out_dir / "checkpoints").glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
+    summary = None
+    if report:
+        # sharded parameters cannot be read outside the training forward
+        sharded = is_sharded(trainer.model)
+        summary = {
+            k: {"before": before[k], "after": None if sharded else answer_report(model, d, pad_id, limit)}
+            for k, d in sets.items()
+        }
     if save_to is not None:
         _save_final(trainer, tokenizer, Path(save_to))
     cache_bytes = sum(c.nbytes() for c in (forget_cache, retain_cache) if c is not None)
@@ -173,7 +204,20 @@ def _run(
         "reference_model_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
         "steps": trainer.state.global_step,
         "lambda": None if trainer.dual is None else trainer.dual.lam,
+        "report": summary,
     }
+
+
+def answer_report(model, dataset: Dataset, pad_id: int, limit: int) -> dict:
+    """``{"examples", "prob", "logp_per_token"}`` on the first ``limit`` examples of ``dataset``
+    (QA pairs or text chunks): TOFU's probability, the mean over examples of
+    ``exp(S / |y|)`` (``S`` the summed target log-prob, ``|y|`` its token count), and the mean
+    of ``S / |y|``. Forward-only through the fused path."""
+    subset = Subset(dataset, range(min(limit, len(dataset))))
+    sums = ReferenceCache.build(model, subset, {"seq_logp"}, pad_id=pad_id).seq_logp
+    counts = torch.tensor([int((subset[i]["labels"][1:] != -100).sum()) for i in range(len(subset))])
+    per = sums / counts.clamp(min=1)
+    return {"examples": len(subset), "prob": float(per.exp().mean()), "logp_per_token": float(per.mean())}
 
 
 def _check_sharding(trainer, config: UnlearnConfig) -> None:

@@ -60,6 +60,13 @@ def add_parser(sub) -> None:
     p.add_argument("--bf16", action="store_true", default=None, help="bf16 mixed precision")
     p.add_argument("--save-steps", dest="save_steps", type=int, help="checkpoint every N steps (resumable)")
     p.add_argument(
+        "--report-examples",
+        dest="report_examples",
+        type=int,
+        help="forget/retain answer probability before and after, on the first N examples of each "
+        "(default 200; 0 turns the report off)",
+    )
+    p.add_argument(
         "--resume", action="store_true", default=None, help="continue from the latest checkpoint in --out"
     )
     p.add_argument(
@@ -220,6 +227,8 @@ def plan(args: argparse.Namespace) -> dict:
     device, resume = settings.pop("device", None), bool(settings.pop("resume", False))
     _check_sharding(settings)
     config = UnlearnConfig(method=method, hparams=hparams, retain=retain_term, **settings)
+    if not (isinstance(config.report_examples, int) and config.report_examples >= 0):
+        raise ValueError(f"--report-examples: expected an int >= 0, got {config.report_examples!r}")
     for name in ("learning_rate", "epochs", "batch_size", "grad_accum", "max_length"):
         if not getattr(config, name) > 0:
             raise ValueError(
@@ -287,4 +296,18 @@ def run(args: argparse.Namespace) -> int:
         f"reference cache {result['cache_bytes'] / 2**20:.1f} MiB vs "
         f"{result['reference_model_bytes'] / 2**20:.1f} MiB for a frozen reference model"
     )
+    if result["report"]:
+        print(format_report(result["report"]))
     return 0
+
+
+def format_report(report: dict) -> str:
+    """The before/after table of ``unlearn()``'s report."""
+    lines = [f"{'':<8}{'examples':>9}{'prob before':>13}{'after':>9}{'logp/token before':>19}{'after':>9}"]
+    for name, r in report.items():
+        b, a = r["before"], r["after"]
+        after = (f"{a['prob']:9.4f}", f"{a['logp_per_token']:9.4f}") if a else (f"{'n/a':>9}",) * 2
+        lines.append(
+            f"{name:<8}{b['examples']:>9}{b['prob']:13.4f}{after[0]}{b['logp_per_token']:19.4f}{after[1]}"
+        )
+    return "\n".join(lines)
