@@ -79,21 +79,23 @@ def compact(
 
 
 class Head:
-    """``weight (V, D)``, optional ``bias (V,)``, and gradient accumulators."""
+    """``weight (V, D)``, optional ``bias (V,)``, and gradient accumulators. ``dW`` and ``db``
+    start as the first chunk's product (a ``V x D`` zero fill costs a GEMM's worth of memory
+    traffic per call); low-precision weights accumulate them in fp32 across chunks."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, n_input: int, needs: Sequence[bool]) -> None:
         self.weight, self.bias = weight, bias
-        acc = acc_dtype(weight.dtype)
-        dev = weight.device
+        self.acc = acc_dtype(weight.dtype)
         need_x, need_w, need_b = needs
+        self.need_w, self.need_b = need_w, need_b and bias is not None
+        dev = weight.device
         self.gx = torch.zeros(n_input, weight.shape[1], dtype=weight.dtype, device=dev) if need_x else None
-        # Low-precision weights accumulate dW over chunks in fp32.
-        self.gw = torch.zeros(weight.shape, dtype=acc, device=dev) if need_w else None
-        self.gb = torch.zeros(weight.shape[0], dtype=acc, device=dev) if need_b and bias is not None else None
+        self.gw: Tensor | None = None
+        self.gb: Tensor | None = None
 
     @property
     def wants_grad(self) -> bool:
-        return self.gx is not None or self.gw is not None or self.gb is not None
+        return self.gx is not None or self.need_w or self.need_b
 
     def logits(self, x: Tensor) -> Tensor:
         if self.bias is None:
@@ -105,21 +107,25 @@ class Head:
         the caller has it already."""
         if self.gx is not None:
             self.gx.index_copy_(0, rows, dz @ self.weight if dx is None else dx)
-        if self.gw is not None:
-            if self.gw.dtype == dz.dtype:
+        if self.need_w:
+            if self.gw is None:
+                self.gw = (dz.t() @ x).to(self.acc)
+            elif self.gw.dtype == dz.dtype:
                 self.gw.addmm_(dz.t(), x)
             else:
                 self.gw += dz.t() @ x
-        if self.gb is not None:
-            self.gb += dz.sum(0, dtype=self.gb.dtype)
+        if self.need_b:
+            db = dz.sum(0, dtype=self.acc)
+            self.gb = db if self.gb is None else self.gb.add_(db)
 
     def grads(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         w = self.weight
-        return (
-            self.gx,
-            None if self.gw is None else self.gw.to(w.dtype),
-            None if self.gb is None else self.gb.to(w.dtype),
-        )
+        gw = gb = None
+        if self.need_w:
+            gw = torch.zeros_like(w) if self.gw is None else self.gw.to(w.dtype)
+        if self.need_b:
+            gb = torch.zeros_like(self.bias) if self.gb is None else self.gb.to(w.dtype)
+        return self.gx, gw, gb
 
 
 @dataclass
