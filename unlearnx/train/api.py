@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from transformers import TrainingArguments
 
@@ -130,9 +131,6 @@ def _run(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     forget_ds = _dataset(tokenizer, forget, config.max_length)
     retain_ds = _dataset(tokenizer, retain, config.max_length) if retain_term != "none" else None
-    sets = {"forget": forget_ds, **({"retain": retain_ds} if retain_ds is not None else {})}
-    limit = config.report_examples
-    before = {k: answer_report(model, d, pad_id, limit) for k, d in sets.items()} if report else {}
     dto_options = {k: hp[k] for k in method.dto_options}
     forget_cache = (
         ReferenceCache.build(model, forget_ds, set(method.needs), pad_id=pad_id, dto_options=dto_options)
@@ -143,6 +141,15 @@ def _run(
     retain_cache = (
         ReferenceCache.build(model, retain_ds, retain_needs, pad_id=pad_id) if retain_needs else None
     )
+    sets = {"forget": (forget_ds, forget_cache), "retain": (retain_ds, retain_cache)}
+    sets = {k: v for k, v in sets.items() if v[0] is not None}
+    limit = config.report_examples
+    # the original model's summed log-probs are in the cache already where the method needs them
+    before = {
+        k: answer_report(model, d, pad_id, limit, seq_logp=None if c is None else c.seq_logp)
+        for k, (d, c) in sets.items()
+        if report
+    }
     dual = (
         PrimalDual(hp["lambda0"], hp["eta"], hp["eps"], hp["warmup_steps"], config.dual_per_micro_batch)
         if method.dual
@@ -194,7 +201,7 @@ def _run(
         sharded = is_sharded(trainer.model)
         summary = {
             k: {"before": before[k], "after": None if sharded else answer_report(model, d, pad_id, limit)}
-            for k, d in sets.items()
+            for k, (d, _) in sets.items()
         }
     if save_to is not None:
         _save_final(trainer, tokenizer, Path(save_to))
@@ -208,13 +215,19 @@ def _run(
     }
 
 
-def answer_report(model, dataset: Dataset, pad_id: int, limit: int) -> dict:
+def answer_report(
+    model, dataset: Dataset, pad_id: int, limit: int, *, seq_logp: Tensor | None = None
+) -> dict:
     """``{"examples", "prob", "logp_per_token"}`` on the first ``limit`` examples of ``dataset``
     (QA pairs or text chunks): TOFU's probability, the mean over examples of
     ``exp(S / |y|)`` (``S`` the summed target log-prob, ``|y|`` its token count), and the mean
-    of ``S / |y|``. Forward-only through the fused path."""
+    of ``S / |y|``. Forward-only through the fused path, unless ``seq_logp (len(dataset),)``
+    already holds ``model``'s ``S`` (a reference cache's)."""
     subset = Subset(dataset, range(min(limit, len(dataset))))
-    sums = ReferenceCache.build(model, subset, {"seq_logp"}, pad_id=pad_id).seq_logp
+    if seq_logp is None:
+        sums = ReferenceCache.build(model, subset, {"seq_logp"}, pad_id=pad_id).seq_logp
+    else:
+        sums = seq_logp[: len(subset)]
     counts = torch.tensor([int((subset[i]["labels"][1:] != -100).sum()) for i in range(len(subset))])
     per = sums / counts.clamp(min=1)
     return {"examples": len(subset), "prob": float(per.exp().mean()), "logp_per_token": float(per.mean())}

@@ -171,7 +171,7 @@ def _read_json(flag: str, path) -> dict:
     return data
 
 
-def _check_sharding(settings: dict) -> None:
+def _check_sharding_settings(settings: dict) -> None:
     """FSDP and DeepSpeed settings, checked before any model loads."""
     fsdp, fsdp_config, deepspeed = (settings.get(k) for k in ("fsdp", "fsdp_config", "deepspeed"))
     if fsdp_config is not None and not fsdp:
@@ -225,7 +225,7 @@ def plan(args: argparse.Namespace) -> dict:
             f"--retain: method {method!r} uses a {retain_term!r} retain term and needs a retain set"
         )
     device, resume = settings.pop("device", None), bool(settings.pop("resume", False))
-    _check_sharding(settings)
+    _check_sharding_settings(settings)
     config = UnlearnConfig(method=method, hparams=hparams, retain=retain_term, **settings)
     if not (isinstance(config.report_examples, int) and config.report_examples >= 0):
         raise ValueError(f"--report-examples: expected an int >= 0, got {config.report_examples!r}")
