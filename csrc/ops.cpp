@@ -2,6 +2,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "cpu/isa.h"
 #include "kernels.h"
 
 #ifndef UNLEARNX_CUDA_ARCHS
@@ -47,6 +48,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
     info["cuda_archs"] = std::string(UNLEARNX_CUDA_ARCHS);
     info["torch_version"] = std::string(TORCH_VERSION);
+    info["cpu_isa"] = std::string(unlearnx::cpu_isa_name(unlearnx::active_cpu_isa()));
+    info["cpu_isas_supported"] = unlearnx::supported_cpu_isas();
+    info["cpu_isas_compiled"] = unlearnx::compiled_cpu_isas();
     return info;
   });
+  m.def("set_cpu_isa", &unlearnx::set_cpu_isa, pybind11::arg("name"),
+        "Selects the CPU row-loop ISA level (auto, avx512, avx2, baseline); returns the previous one.");
 }

@@ -8,12 +8,28 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+import unlearnx
+
 CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(
     not CUDA, reason="no CUDA GPU on this machine (CUDA tests run on a GPU host)"
 )
 
 IGNORE = -100
+
+
+CPU_ISAS = unlearnx.build_info()["cpu_isas_compiled"]
+
+
+@pytest.fixture(params=CPU_ISAS, ids=[f"isa-{name}" for name in CPU_ISAS])
+def cpu_isa(request: pytest.FixtureRequest):
+    """Runs the test once per CPU ISA level compiled in (AVX-512, AVX2, baseline), at that
+    level; a level this CPU cannot execute is skipped with the reason."""
+    name = request.param
+    if name not in unlearnx.supported_cpu_isas():
+        pytest.skip(f"CPU ISA {name}: this CPU runs only {unlearnx.supported_cpu_isas()}")
+    with unlearnx.use_cpu_isa(name):
+        yield name
 
 
 def torchrun(script, *args: str, nproc: int = 2, timeout: int = 300, check: bool = True):

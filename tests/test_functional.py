@@ -16,6 +16,9 @@ from unlearnx import functional as F
 from unlearnx import losses
 from unlearnx import reference as R
 
+# every test here runs once per CPU ISA level (tests/conftest.py::cpu_isa)
+pytestmark = pytest.mark.usefixtures("cpu_isa")
+
 
 @dataclass(frozen=True)
 class Case:

@@ -8,6 +8,9 @@ import torch
 import unlearnx  # noqa: F401  (registers the operators)
 from tests.conftest import CUDA, requires_cuda
 
+# every test here runs once per CPU ISA level (tests/conftest.py::cpu_isa)
+pytestmark = pytest.mark.usefixtures("cpu_isa")
+
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 2e-6, torch.float16: 2e-6}
 

@@ -1,6 +1,5 @@
 // CPU gradient kernel: rewrites a chunk of logits into coef * d log p(target) / dz.
 #include "common.h"
-#include "simd.h"
 #include "unlearnx/row_math.h"
 
 namespace unlearnx {
@@ -8,18 +7,19 @@ namespace unlearnx {
 namespace {
 
 template <typename scalar_t, typename acc_t>
-UNLX_CPU_CLONES void logprob_grad_rows(scalar_t* z, const int64_t* target, const acc_t* lse, const acc_t* logp,
-                                       const acc_t* coef, int64_t begin, int64_t end, int64_t V) {
-  for (int64_t r = begin; r < end; ++r) {
-    scalar_t* row = z + r * V;
-    const acc_t l = lse[r], c = coef[r];
-    const int64_t t = target[r];
+struct LogprobGradRows {
+  UNLX_ROWS_INLINE static void run(int64_t begin, int64_t end, scalar_t* z, const int64_t* target, const acc_t* lse,
+                                   const acc_t* logp, const acc_t* coef, int64_t V) {
+    for (int64_t r = begin; r < end; ++r) {
+      scalar_t* row = z + r * V;
+      const acc_t l = lse[r], c = coef[r];
 #pragma omp simd
-    for (int64_t v = 0; v < V; ++v)
-      row[v] = static_cast<scalar_t>(logprob_grad_other(static_cast<acc_t>(row[v]), l, c));
-    row[t] = static_cast<scalar_t>(logprob_grad_target(logp[r], c));
+      for (int64_t v = 0; v < V; ++v)
+        row[v] = static_cast<scalar_t>(logprob_grad_other(static_cast<acc_t>(row[v]), l, c));
+      row[target[r]] = static_cast<scalar_t>(logprob_grad_target(logp[r], c));
+    }
   }
-}
+};
 
 }  // namespace
 
@@ -34,13 +34,8 @@ void logprob_grad_cpu_(const at::Tensor& logits, const at::Tensor& target, const
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t* t = target_c.const_data_ptr<int64_t>();
     check_targets_in_range(t, rows, V);
-    scalar_t* z = logits.data_ptr<scalar_t>();
-    const acc_t* lse_p = lse_c.const_data_ptr<acc_t>();
-    const acc_t* logp_p = logp_c.const_data_ptr<acc_t>();
-    const acc_t* coef_p = coef_c.const_data_ptr<acc_t>();
-    for_rows(rows, [&](int64_t b, int64_t e) {
-      logprob_grad_rows<scalar_t, acc_t>(z, t, lse_p, logp_p, coef_p, b, e, V);
-    });
+    run_rows<LogprobGradRows, scalar_t, acc_t>(rows, logits.data_ptr<scalar_t>(), t, lse_c.const_data_ptr<acc_t>(),
+                                               logp_c.const_data_ptr<acc_t>(), coef_c.const_data_ptr<acc_t>(), V);
   });
 }
 

@@ -1,7 +1,6 @@
 // CPU gradient kernel for policy+reference losses: rewrites z into
 // d/dz [a * log p(target) + c * KL(softmax(r) || softmax(z))], in place.
 #include "common.h"
-#include "simd.h"
 #include "unlearnx/row_math.h"
 
 namespace unlearnx {
@@ -9,20 +8,22 @@ namespace unlearnx {
 namespace {
 
 template <typename scalar_t, typename acc_t>
-UNLX_CPU_CLONES void ref_grad_rows(scalar_t* zs, const scalar_t* rs, const int64_t* target, const acc_t* lse,
-                                   const acc_t* ref_lse, const acc_t* logp, const acc_t* ref_logp, const acc_t* a,
-                                   const acc_t* c, int64_t begin, int64_t end, int64_t V) {
-  for (int64_t row = begin; row < end; ++row) {
-    scalar_t* z = zs + row * V;
-    const scalar_t* r = rs + row * V;
-    const acc_t lz = lse[row], lr = ref_lse[row], ar = a[row], cr = c[row];
+struct RefGradRows {
+  UNLX_ROWS_INLINE static void run(int64_t begin, int64_t end, scalar_t* zs, const scalar_t* rs,
+                                   const int64_t* target, const acc_t* lse, const acc_t* ref_lse, const acc_t* logp,
+                                   const acc_t* ref_logp, const acc_t* a, const acc_t* c, int64_t V) {
+    for (int64_t row = begin; row < end; ++row) {
+      scalar_t* z = zs + row * V;
+      const scalar_t* r = rs + row * V;
+      const acc_t lz = lse[row], lr = ref_lse[row], ar = a[row], cr = c[row];
 #pragma omp simd
-    for (int64_t v = 0; v < V; ++v)
-      z[v] = static_cast<scalar_t>(
-          ref_grad_other(static_cast<acc_t>(z[v]), static_cast<acc_t>(r[v]), lz, lr, ar, cr));
-    z[target[row]] = static_cast<scalar_t>(ref_grad_target(logp[row], ref_logp[row], ar, cr));
+      for (int64_t v = 0; v < V; ++v)
+        z[v] = static_cast<scalar_t>(
+            ref_grad_other(static_cast<acc_t>(z[v]), static_cast<acc_t>(r[v]), lz, lr, ar, cr));
+      z[target[row]] = static_cast<scalar_t>(ref_grad_target(logp[row], ref_logp[row], ar, cr));
+    }
   }
-}
+};
 
 }  // namespace
 
@@ -39,13 +40,10 @@ void ref_grad_cpu_(const at::Tensor& logits, const at::Tensor& ref_logits, const
     check_targets_in_range(t, rows, V);
     const auto lz = lse.contiguous(), lr = ref_lse.contiguous(), lp = logp.contiguous(),
                lpr = ref_logp.contiguous(), ac = a.contiguous(), cc = c.contiguous();
-    scalar_t* z = logits.data_ptr<scalar_t>();
-    const scalar_t* r = ref_logits.const_data_ptr<scalar_t>();
-    for_rows(rows, [&](int64_t b, int64_t e) {
-      ref_grad_rows<scalar_t, acc_t>(z, r, t, lz.const_data_ptr<acc_t>(), lr.const_data_ptr<acc_t>(),
-                                     lp.const_data_ptr<acc_t>(), lpr.const_data_ptr<acc_t>(),
-                                     ac.const_data_ptr<acc_t>(), cc.const_data_ptr<acc_t>(), b, e, V);
-    });
+    run_rows<RefGradRows, scalar_t, acc_t>(rows, logits.data_ptr<scalar_t>(), ref_logits.const_data_ptr<scalar_t>(), t,
+                                           lz.const_data_ptr<acc_t>(), lr.const_data_ptr<acc_t>(),
+                                           lp.const_data_ptr<acc_t>(), lpr.const_data_ptr<acc_t>(),
+                                           ac.const_data_ptr<acc_t>(), cc.const_data_ptr<acc_t>(), V);
   });
 }
 

@@ -26,11 +26,11 @@ __global__ void __launch_bounds__(kRowThreads)
       m[1] = fmax(m[1], static_cast<acc_t>(r[v]));
     }
     block_max<acc_t, kRowThreads, 2>(m);
-    acc_t s[3] = {0, 0, 0};  // non-target sum-exp of z, of r, and the cross term
+    acc_t s[3] = {0, 0, 0};  // non-target sum-exp of z, of r, and the cross term (row_math.h)
     for (int64_t v = threadIdx.x; v < V; v += kRowThreads) {
-      const acc_t zv = static_cast<acc_t>(z[v]), rv = static_cast<acc_t>(r[v]);
-      const acc_t er = exp_acc(rv - m[1]);
-      if (v != t) s[0] += exp_acc(zv - m[0]), s[1] += er;
+      const acc_t zv = static_cast<acc_t>(z[v]) - m[0], rv = static_cast<acc_t>(r[v]) - m[1];
+      const acc_t er = exp_acc(rv);
+      if (v != t) s[0] += exp_acc(zv), s[1] += er;
       s[2] += er * (rv - zv);
     }
     block_sum<acc_t, kRowThreads, 3>(s);

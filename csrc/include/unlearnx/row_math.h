@@ -91,6 +91,14 @@ UNLX_HD SoftmaxPartial<acc_t> softmax_push(SoftmaxPartial<acc_t> a, acc_t z) {
   return softmax_merge(a, SoftmaxPartial<acc_t>{z, acc_t(1)});
 }
 
+// m + log(s), rounded once: the gradient kernels form every p_v as exp(z_v - lse), so each
+// ulp the log-sum-exp is off is a relative error of ulp(lse) (~|lse| eps) in every
+// probability; two fp32 roundings (log, then the sum) make it one ulp off on some rows.
+template <typename acc_t>
+UNLX_HD acc_t max_plus_log(acc_t m, acc_t s) {
+  return static_cast<acc_t>(static_cast<double>(m) + log(static_cast<double>(s)));
+}
+
 template <typename acc_t>
 struct RowStats {
   acc_t lse;
@@ -109,7 +117,7 @@ UNLX_HD RowStats<acc_t> finish_row(SoftmaxPartial<acc_t> others, acc_t z_target)
   const acc_t d = z_target - m;      // <= 0
   const acc_t e_target = exp_acc(d);
   RowStats<acc_t> out;
-  out.lse = m + log_acc(e_target + s_other);
+  out.lse = max_plus_log(m, e_target + s_other);
   // The log1p form only where p_y > 1/2 (r < 1): elsewhere the direct form is the
   // more accurate one, and exp(-d) could overflow for a target far below the max.
   const acc_t r = d > acc_t(-1) ? s_other * exp_acc(-d) : acc_t(2);
@@ -132,8 +140,8 @@ UNLX_HD acc_t logprob_grad_target(acc_t logp_target, acc_t coef) {
 
 // ---------------------------------------------------------------- policy + reference rows
 // Rows z (policy) and r (frozen reference) of the same token. m_* are the row maxima,
-// s_*_other the sum of exp(. - m_*) over the non-target columns, and cross the sum
-// over all columns of exp(r_v - m_r) * (r_v - z_v).
+// s_*_other the sum of exp(. - m_*) over the non-target columns, and cross the sum over all
+// columns of exp(r_v - m_r) * ((r_v - m_r) - (z_v - m_z)).
 template <typename acc_t>
 struct RefRowStats {
   acc_t lse_z, lse_r, logp, logp_ref, kl;
@@ -144,13 +152,20 @@ UNLX_HD RefRowStats<acc_t> finish_ref_row(acc_t m_z, acc_t s_z_other, acc_t z_ta
                                           acc_t r_target, acc_t cross) {
   const RowStats<acc_t> pz = finish_row(SoftmaxPartial<acc_t>{m_z, s_z_other}, z_target);
   const RowStats<acc_t> pr = finish_row(SoftmaxPartial<acc_t>{m_r, s_r_other}, r_target);
-  const acc_t s_z_all = exp_acc(z_target - m_z) + s_z_other;
-  const acc_t s_r_all = exp_acc(r_target - m_r) + s_r_other;
-  // KL(q || p) = sum_v q_v (r_v - z_v) + lse_z - lse_r, q = softmax(r), p = softmax(z), with
-  // lse_z - lse_r = (m_z - m_r) + log(s_z / s_r): the difference of the two log-sum-exps
-  // (each ~log V) would cancel to a few ulps of lse when the policy is near the reference.
-  const acc_t kl = cross / s_r_all + (m_z - m_r) + log_acc(s_z_all / s_r_all);
-  return {pz.lse, pr.lse, pz.logp_target, pr.logp_target, kl};
+  const acc_t e_z = exp_acc(z_target - m_z), e_r = exp_acc(r_target - m_r);
+  const acc_t s_z_all = e_z + s_z_other, s_r_all = e_r + s_r_other;
+  // KL(q || p) = sum_v q_v (r_v - z_v) + lse_z - lse_r, q = softmax(r), p = softmax(z), written
+  // as cross / s_r + log(s_z / s_r). Both terms are of first order in the difference of the
+  // two rows and KL is of second order, so each is kept free of larger quantities: the cross
+  // term takes the maxima out of r - z (else it carries m_r - m_z, cancelled by lse_z - lse_r),
+  // and log(s_z / s_r) near 1 is log1p of the difference of the sums, whose common target
+  // terms (both 1 when the target is both rows' maximum) cancel exactly before any rounding
+  // of a sum near 1.
+  const acc_t ratio = s_z_all / s_r_all;
+  const acc_t log_ratio = ratio > acc_t(0.5) && ratio < acc_t(2)
+                              ? log1p_acc(((e_z - e_r) + (s_z_other - s_r_other)) / s_r_all)
+                              : log_acc(ratio);
+  return {pz.lse, pr.lse, pz.logp_target, pr.logp_target, cross / s_r_all + log_ratio};
 }
 
 // d/dz of a * log p_y + c * KL(q || p), for a non-target column: (c - a) p_v - c q_v.
