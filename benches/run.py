@@ -48,7 +48,17 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def measure(loss: str, impl: str, inp, device: torch.device, repeats: int, chunk_size: int | None) -> dict:
@@ -90,6 +100,9 @@ def run(args: argparse.Namespace) -> list[dict]:
                     impl=impl,
                     device=args.device,
                     machine=machine(device),
+                    # the unlearnx row-kernel level and ATen's own (ATEN_CPU_CAPABILITY) that ran
+                    cpu_isa=unlearnx.cpu_isa(),
+                    aten_cpu_capability=torch.backends.cpu.get_cpu_capability(),
                     dtype=args.dtype,
                     B=args.B,
                     T=T,
@@ -125,7 +138,11 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def markdown(records: list[dict]) -> str:
+    head = records[0] if records else {}
     lines = [
+        f"{head.get('machine', '?')}; unlearnx CPU ISA {head.get('cpu_isa', '?')}, "
+        f"ATen CPU capability {head.get('aten_cpu_capability', '?')}",
+        "",
         "| loss | N | D | V | dtype | impl | ms | fwd ms | bwd ms | floor x | peak extra MiB | TFLOP/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -149,6 +166,12 @@ def markdown(records: list[dict]) -> str:
         f"memory {v['fused']['peak_extra_mb'] / max(v['reference']['peak_extra_mb'], 1e-9):.3f}x"
         for (loss, n), v in by_key.items()
         if {"fused", "reference"} <= v.keys()
+    ]
+    ratios += [
+        f"- {loss} N={n}: fused/{impl} time {v['fused']['ms'] / v[impl]['ms']:.2f}x"
+        for (loss, n), v in by_key.items()
+        for impl in ("compiled", "cce", "liger")
+        if {"fused", impl} <= v.keys()
     ]
     return "\n".join([*lines, "", *ratios]) + "\n"
 

@@ -234,3 +234,27 @@ def test_bf16_mixed_precision_with_gradient_accumulation(target, method: str, tm
     assert result["steps"] == 3  # 4 examples / (2 per micro-batch x 2 accumulated) = 1 step per epoch
     assert _mean_logp(model.eval(), tok, forget) < before - 0.05
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+@needs_data
+def test_lr_schedule_warmup_and_weight_decay_reach_the_optimiser(target, tmp_path: Path) -> None:
+    """linear with 50% warm-up over 4 steps: the logged rates rise, then fall to 0."""
+    import json
+
+    base, tok, forget, retain = target
+    model = copy.deepcopy(base).train()
+    cfg = UnlearnConfig(
+        method="npo",
+        learning_rate=1e-3,
+        lr_scheduler="linear",
+        warmup_ratio=0.5,
+        weight_decay=0.5,
+        max_steps=4,
+        batch_size=2,
+        logging_steps=1,
+    )
+    unlearn(model, tok, forget, retain, cfg, tmp_path)
+    logs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["learning_rate"] for r in logs if "learning_rate" in r]
+    assert len(rates) == 4
+    assert rates[1] == pytest.approx(1e-3) and rates[0] < rates[1] and rates[3] < rates[2] < rates[1]

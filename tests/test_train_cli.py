@@ -84,6 +84,8 @@ def test_unlearn_from_flags_and_config_file(job, tmp_path: Path, capsys) -> None
         (["--hparam", "beta"], "--hparam"),
         (["--retain-term", "nll", "--method", "pdu", "--lr", "-1"], "--learning-rate"),
         (["--report-examples", "-1"], "--report-examples"),
+        (["--warmup-ratio", "1.5"], "--warmup-ratio"),
+        (["--weight-decay", "-0.1"], "--weight-decay"),
     ],
 )
 def test_unlearn_rejects_bad_settings(job, extra, needle, capsys) -> None:

@@ -31,15 +31,17 @@ from unlearnx.train.api import UnlearnConfig, finetune, unlearn
 from unlearnx.train.methods import METHODS
 
 # Per-method settings for the demo's tiny model (learning rate, epochs over the forget set,
-# hyper-parameters), tuned on this demo (README "Demo"): PDU's dual starts high like the
-# authors' lambda0 = 100; DTO targets 70% of the answer tokens for 10 epochs.
+# hyper-parameters), chosen on seeds 0-2 on an AVX2 CPU so that the acceptance bar holds on
+# each (README "Demo"): lr 5e-4 where 1e-3 over-forgot and lost utility on some seed (NPO 0.43x,
+# PDU 0.53x, GradDiff 0.61x); DiPO and DTO forget more slowly and keep 1e-3. PDU's dual starts
+# high like the authors' lambda0 = 100; DTO targets 70% of the answer tokens for 10 epochs.
 DEMO_METHOD_SETTINGS: dict[str, dict] = {
-    "ga": {"learning_rate": 1e-3, "epochs": 5},
-    "grad_diff": {"learning_rate": 1e-3, "epochs": 5},
-    "npo": {"learning_rate": 1e-3, "epochs": 5},
-    "simnpo": {"learning_rate": 1e-3, "epochs": 5},
+    "ga": {"learning_rate": 5e-4, "epochs": 5},
+    "grad_diff": {"learning_rate": 5e-4, "epochs": 5},
+    "npo": {"learning_rate": 5e-4, "epochs": 5},
+    "simnpo": {"learning_rate": 5e-4, "epochs": 5},
     "dipo": {"learning_rate": 1e-3, "epochs": 5},
-    "pdu": {"learning_rate": 1e-3, "epochs": 5, "hparams": {"lambda0": 50.0, "eta": 5.0, "eps": 0.02}},
+    "pdu": {"learning_rate": 5e-4, "epochs": 5, "hparams": {"lambda0": 50.0, "eta": 5.0, "eps": 0.02}},
     "dto": {"learning_rate": 1e-3, "epochs": 10, "hparams": {"target_ratio": 0.7}},
 }
 
@@ -54,6 +56,9 @@ class DemoConfig:
     layers: int = 2
     train_epochs: float = 40.0
     train_lr: float = 3e-3
+    # decaying to 0 ends training converged, not mid-oscillation: with a constant rate the
+    # target's utility ranged 0.43-0.63 across seeds and CPUs, and so did what unlearning kept
+    train_lr_scheduler: str = "linear"
     batch_size: int = 8
     methods: tuple[str, ...] = tuple(METHODS)
     method_settings: dict = field(default_factory=lambda: copy.deepcopy(DEMO_METHOD_SETTINGS))
@@ -103,6 +108,7 @@ def run(cfg: DemoConfig, log=print) -> dict:
     tok = build_word_tokenizer(texts)
     train_cfg = UnlearnConfig(
         learning_rate=cfg.train_lr,
+        lr_scheduler=cfg.train_lr_scheduler,
         epochs=cfg.train_epochs,
         batch_size=cfg.batch_size,
         seed=cfg.seed,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,11 @@ class UnlearnConfig:
     forget_weight: float = 1.0
     retain_weight: float = 1.0
     learning_rate: float = 1e-5
+    # transformers' scheduler names (constant, linear, cosine, ...); warm-up as a fraction of the
+    # steps; AdamW's decoupled weight decay
+    lr_scheduler: str = "constant"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
     epochs: float = 5.0
     batch_size: int = 4
     grad_accum: int = 1
@@ -107,6 +113,14 @@ def _dataset(tokenizer, data, max_length: int) -> Dataset:
     return QADataset(tokenizer, *map(list, zip(*data, strict=True)), max_length=max_length)
 
 
+def _warmup(ratio: float) -> dict:
+    """transformers 5 takes the warm-up ratio as a float ``warmup_steps`` and has no
+    ``warmup_ratio``; 4.x has ``warmup_ratio``."""
+    if "warmup_ratio" in inspect.signature(TrainingArguments.__init__).parameters:
+        return {"warmup_ratio": ratio}
+    return {"warmup_steps": float(ratio)}
+
+
 def _run(
     model,
     tokenizer,
@@ -167,8 +181,9 @@ def _run(
         report_to=[],
         logging_steps=config.logging_steps,
         use_cpu=not torch.cuda.is_available(),
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
+        lr_scheduler_type=config.lr_scheduler,
+        **_warmup(config.warmup_ratio),
+        weight_decay=config.weight_decay,
         max_steps=config.max_steps or -1,
         save_strategy="steps" if config.save_steps else "no",
         save_steps=config.save_steps or 500,

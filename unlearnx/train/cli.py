@@ -12,6 +12,7 @@ from unlearnx.train.api import UnlearnConfig
 from unlearnx.train.methods import METHODS, resolve
 
 CONFIG_FIELDS = {f.name for f in fields(UnlearnConfig)}
+LR_SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine", "polynomial"]
 FILE_KEYS = {"model", "forget", "retain", "out", "device", "resume"}
 
 
@@ -47,6 +48,14 @@ def add_parser(sub) -> None:
         help="method hyper-parameter, repeatable (e.g. --hparam beta=0.1)",
     )
     p.add_argument("--lr", dest="learning_rate", type=float, help="learning rate (default 1e-5)")
+    p.add_argument(
+        "--lr-scheduler",
+        dest="lr_scheduler",
+        choices=LR_SCHEDULERS,
+        help="learning-rate schedule (default constant)",
+    )
+    p.add_argument("--warmup-ratio", dest="warmup_ratio", type=float, help="warm-up, a fraction of the steps")
+    p.add_argument("--weight-decay", dest="weight_decay", type=float, help="AdamW weight decay (default 0)")
     p.add_argument("--epochs", type=float, help="epochs over the forget set (default 5)")
     p.add_argument("--max-steps", dest="max_steps", type=int, help="optimiser steps (overrides --epochs)")
     p.add_argument(
@@ -229,6 +238,12 @@ def plan(args: argparse.Namespace) -> dict:
     config = UnlearnConfig(method=method, hparams=hparams, retain=retain_term, **settings)
     if not (isinstance(config.report_examples, int) and config.report_examples >= 0):
         raise ValueError(f"--report-examples: expected an int >= 0, got {config.report_examples!r}")
+    if config.lr_scheduler not in LR_SCHEDULERS:
+        raise ValueError(f"--lr-scheduler: expected one of {LR_SCHEDULERS}, got {config.lr_scheduler!r}")
+    if not (isinstance(config.warmup_ratio, int | float) and 0 <= config.warmup_ratio < 1):
+        raise ValueError(f"--warmup-ratio: expected a number in [0, 1), got {config.warmup_ratio!r}")
+    if not (isinstance(config.weight_decay, int | float) and config.weight_decay >= 0):
+        raise ValueError(f"--weight-decay: expected a number >= 0, got {config.weight_decay!r}")
     for name in ("learning_rate", "epochs", "batch_size", "grad_accum", "max_length"):
         if not getattr(config, name) > 0:
             raise ValueError(
