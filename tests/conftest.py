@@ -11,9 +11,13 @@ import torch
 import unlearnx
 
 CUDA = torch.cuda.is_available()
-requires_cuda = pytest.mark.skipif(
-    not CUDA, reason="no CUDA GPU on this machine (CUDA tests run on a GPU host)"
-)
+_no_gpu = pytest.mark.skipif(not CUDA, reason="no CUDA GPU on this machine (CUDA tests run on a GPU host)")
+
+
+def requires_cuda(test):
+    """Marks a test ``cuda`` and skips it (with the reason) where no GPU is present."""
+    return pytest.mark.cuda(_no_gpu(test))
+
 
 IGNORE = -100
 
@@ -28,6 +32,8 @@ def cpu_isa(request: pytest.FixtureRequest):
     name = request.param
     if name not in unlearnx.supported_cpu_isas():
         pytest.skip(f"CPU ISA {name}: this CPU runs only {unlearnx.supported_cpu_isas()}")
+    if request.node.get_closest_marker("cuda") and name != unlearnx.supported_cpu_isas()[0]:
+        pytest.skip("CUDA test: the CPU ISA level does not change it; it runs at the best level only")
     with unlearnx.use_cpu_isa(name):
         yield name
 
