@@ -8,6 +8,7 @@ Without a GPU to query, the CUDA architectures default to A100 and H100/H200 plu
 
 import glob
 import os
+import platform
 
 # torch derives CUDA_HOME from the first nvcc on PATH, which may be a wrapper script
 # outside the toolkit (then libcudart is not found at link time); prefer the standard
@@ -33,6 +34,18 @@ def want_cuda() -> bool:
     return flag == "1" or (flag == "auto" and available)
 
 
+def want_simt() -> bool:
+    """The SIMT emulation of the CUDA kernels (csrc/simt; its fiber switch is x86-64 assembly):
+    built on x86-64 Linux unless ``UNLEARNX_SIMT=0``."""
+    flag = os.environ.get("UNLEARNX_SIMT", "auto").lower()
+    if flag not in {"auto", "0", "1"}:
+        raise SystemExit(f"UNLEARNX_SIMT must be auto, 0 or 1, got {flag!r}")
+    available = platform.system() == "Linux" and platform.machine() in {"x86_64", "AMD64"}
+    if flag == "1" and not available:
+        raise SystemExit(f"UNLEARNX_SIMT=1 but the SIMT shim needs x86-64 Linux, not {platform.platform()}")
+    return flag == "1" or (flag == "auto" and available)
+
+
 def extension():
     root = os.path.dirname(os.path.abspath(__file__))
     sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
@@ -41,7 +54,13 @@ def extension():
     depends = sorted(glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/**/*.cuh", recursive=True))
     # -fno-trapping-math: FP exceptions are never unmasked, so gcc may if-convert the clamps of
     # the vectorised exp (row_math.h); without it the AVX2 and SSE2 row loops stay scalar.
-    cxx = ["-O3", "-fopenmp-simd", "-fno-trapping-math"]
+    # -fopenmp: at::parallel_for is a header template that runs serially unless the extension
+    # itself is built with OpenMP (measured: the row kernels used one core of two without it);
+    # libgomp.so.1 resolves to the copy torch has already loaded, so there is one thread pool.
+    cxx = ["-O3", "-fopenmp", "-fno-trapping-math"]
+    if want_simt():
+        sources += sorted(glob.glob("csrc/simt/*.cpp"))
+        cxx.append("-DUNLEARNX_WITH_SIMT")
     if not want_cuda():
         return cpp_extension.CppExtension(
             "unlearnx._C",
@@ -49,6 +68,7 @@ def extension():
             include_dirs=include_dirs,
             depends=depends,
             extra_compile_args={"cxx": cxx},
+            extra_link_args=["-fopenmp"],
         )
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
     defines = ["-DUNLEARNX_WITH_CUDA", f'-DUNLEARNX_CUDA_ARCHS="{archs}"']
@@ -61,6 +81,7 @@ def extension():
             "cxx": cxx + defines,
             "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo", *defines],
         },
+        extra_link_args=["-fopenmp"],
     )
 
 

@@ -9,6 +9,7 @@
 #include <c10/util/Exception.h>
 
 #include <initializer_list>
+#include <optional>
 #include <tuple>
 
 namespace unlearnx {
@@ -89,15 +90,21 @@ inline void check_ref_args(const at::Tensor& logits, const at::Tensor& ref_logit
   void ref_grad_##DEVICE##_(const at::Tensor& logits, const at::Tensor& ref_logits, const at::Tensor& target,   \
                             const at::Tensor& lse, const at::Tensor& ref_lse, const at::Tensor& logp,           \
                             const at::Tensor& ref_logp, const at::Tensor& a, const at::Tensor& c);              \
-  at::Tensor dipo_direction_##DEVICE##_(const at::Tensor& ref_logits, const at::Tensor& threshold, double shift);
+  at::Tensor dipo_direction_##DEVICE##_(const at::Tensor& ref_logits, const std::optional<at::Tensor>& threshold,  \
+                                        double shift);
 
 // lse_stats: (lse, log p(target)) per row. logprob_grad_: logits <- coef * d log p(target)/dz.
 // max_stats: (max, first argmax) per row. ref_stats: (lse, ref_lse, log p(target),
 // log p_ref(target), KL(softmax(ref) || softmax(logits))). ref_grad_: logits <- d/dz of
 // a * log p(target) + c * KL. dipo_direction_: ref_logits <- g = q+ - q- (DiPO's direction,
-// H = the entries >= threshold, per row), returns <g, ref_logits> per row.
+// H = the entries >= threshold, per row; no threshold: the row's maximum, i.e. top-1 with ties),
+// returns <g, ref_logits> per row.
 UNLEARNX_ROW_KERNELS(cpu)
 #ifdef UNLEARNX_WITH_CUDA
 UNLEARNX_ROW_KERNELS(cuda)
+#endif
+// The CUDA kernels run on the CPU under the SIMT shim (csrc/simt): CPU tensors, tests only.
+#ifdef UNLEARNX_WITH_SIMT
+UNLEARNX_ROW_KERNELS(simt)
 #endif
 }  // namespace unlearnx

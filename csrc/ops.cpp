@@ -9,18 +9,20 @@
 #define UNLEARNX_CUDA_ARCHS ""
 #endif
 
-TORCH_LIBRARY(unlearnx, m) {
-  m.def("lse_stats(Tensor logits, Tensor target) -> (Tensor lse, Tensor logp_target)");
-  m.def("logprob_grad_(Tensor(a!) logits, Tensor target, Tensor lse, Tensor logp_target, Tensor coef) -> ()");
-  m.def("max_stats(Tensor logits) -> (Tensor max, Tensor argmax)");
-  m.def(
-      "ref_stats(Tensor logits, Tensor ref_logits, Tensor target) -> "
-      "(Tensor lse, Tensor ref_lse, Tensor logp, Tensor ref_logp, Tensor kl)");
-  m.def(
-      "ref_grad_(Tensor(a!) logits, Tensor ref_logits, Tensor target, Tensor lse, Tensor ref_lse, Tensor logp, "
-      "Tensor ref_logp, Tensor a, Tensor c) -> ()");
-  m.def("dipo_direction_(Tensor(a!) ref_logits, Tensor threshold, float shift) -> Tensor offset");
-}
+// The row kernels' schemas, one list for both namespaces (unlearnx, unlearnx_simt).
+#define UNLEARNX_SCHEMAS(m)                                                                                         \
+  m.def("lse_stats(Tensor logits, Tensor target) -> (Tensor lse, Tensor logp_target)"); \
+  m.def("logprob_grad_(Tensor(a!) logits, Tensor target, Tensor lse, Tensor logp_target, Tensor coef) -> ()"); \
+  m.def("max_stats(Tensor logits) -> (Tensor max, Tensor argmax)"); \
+  m.def( \
+      "ref_stats(Tensor logits, Tensor ref_logits, Tensor target) -> " \
+      "(Tensor lse, Tensor ref_lse, Tensor logp, Tensor ref_logp, Tensor kl)"); \
+  m.def( \
+      "ref_grad_(Tensor(a!) logits, Tensor ref_logits, Tensor target, Tensor lse, Tensor ref_lse, Tensor logp, " \
+      "Tensor ref_logp, Tensor a, Tensor c) -> ()"); \
+  m.def("dipo_direction_(Tensor(a!) ref_logits, Tensor? threshold, float shift) -> Tensor offset");
+
+TORCH_LIBRARY(unlearnx, m) { UNLEARNX_SCHEMAS(m) }
 
 #define UNLEARNX_REGISTER(DEVICE)                                  \
   m.impl("lse_stats", &unlearnx::lse_stats_##DEVICE);              \
@@ -36,6 +38,12 @@ TORCH_LIBRARY_IMPL(unlearnx, CPU, m) { UNLEARNX_REGISTER(cpu) }
 TORCH_LIBRARY_IMPL(unlearnx, CUDA, m) { UNLEARNX_REGISTER(cuda) }
 #endif
 
+#ifdef UNLEARNX_WITH_SIMT
+// The CUDA kernels emulated on the CPU (csrc/simt): same schemas, CPU tensors.
+TORCH_LIBRARY(unlearnx_simt, m) { UNLEARNX_SCHEMAS(m) }
+TORCH_LIBRARY_IMPL(unlearnx_simt, CPU, m) { UNLEARNX_REGISTER(simt) }
+#endif
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "unlearnx row kernels (registered as torch.ops.unlearnx.*)";
   m.def("build_info", [] {
@@ -45,6 +53,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     info["cuda"] = true;
 #else
     info["cuda"] = false;
+#endif
+#ifdef UNLEARNX_WITH_SIMT
+    info["simt"] = true;
+#else
+    info["simt"] = false;
 #endif
     info["cuda_archs"] = std::string(UNLEARNX_CUDA_ARCHS);
     info["torch_version"] = std::string(TORCH_VERSION);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -14,6 +15,9 @@ CUDA = torch.cuda.is_available()
 _no_gpu = pytest.mark.skipif(not CUDA, reason="no CUDA GPU on this machine (CUDA tests run on a GPU host)")
 
 
+CUDA_ONLY = [pytest.mark.cuda, _no_gpu]  # for pytest.param(..., marks=CUDA_ONLY)
+
+
 def requires_cuda(test):
     """Marks a test ``cuda`` and skips it (with the reason) where no GPU is present."""
     return pytest.mark.cuda(_no_gpu(test))
@@ -23,19 +27,56 @@ IGNORE = -100
 
 
 CPU_ISAS = unlearnx.build_info()["cpu_isas_compiled"]
+SIMT = unlearnx.build_info()["simt"]
 
 
-@pytest.fixture(params=CPU_ISAS, ids=[f"isa-{name}" for name in CPU_ISAS])
-def cpu_isa(request: pytest.FixtureRequest):
+@dataclass
+class Backend:
+    """Where a kernel test runs: ``name`` (``isa-<level>``, ``simt`` or ``cuda``), the device
+    its tensors live on, and the operator namespace of the row kernels."""
+
+    name: str
+    device: str
+    ops: object
+
+
+def _enter(request: pytest.FixtureRequest, name: str):
+    if name == "cuda":
+        if not CUDA:
+            pytest.skip("no CUDA GPU on this machine (CUDA tests run on a GPU host)")
+        return Backend(name, "cuda", torch.ops.unlearnx), contextlib.nullcontext()
+    best = unlearnx.supported_cpu_isas()[0]
+    if request.node.get_closest_marker("cuda") and name != f"isa-{best}":
+        pytest.skip("CUDA test: it does not depend on the CPU backend; it runs at the best ISA level only")
+    if name == "simt":
+        if not SIMT:
+            pytest.skip("this build has no SIMT emulation of the CUDA kernels (x86-64 Linux only)")
+        return Backend(name, "cpu", torch.ops.unlearnx_simt), unlearnx.simt_kernels()
+    isa = name.removeprefix("isa-")
+    if isa not in unlearnx.supported_cpu_isas():
+        pytest.skip(f"CPU ISA {isa}: this CPU runs only {unlearnx.supported_cpu_isas()}")
+    return Backend(name, "cpu", torch.ops.unlearnx), unlearnx.use_cpu_isa(isa)
+
+
+CPU_BACKENDS = [f"isa-{name}" for name in CPU_ISAS] + ["simt"]
+
+
+@pytest.fixture(params=CPU_BACKENDS)
+def cpu_backend(request: pytest.FixtureRequest):
     """Runs the test once per CPU ISA level compiled in (AVX-512, AVX2, baseline), at that
-    level; a level this CPU cannot execute is skipped with the reason."""
-    name = request.param
-    if name not in unlearnx.supported_cpu_isas():
-        pytest.skip(f"CPU ISA {name}: this CPU runs only {unlearnx.supported_cpu_isas()}")
-    if request.node.get_closest_marker("cuda") and name != unlearnx.supported_cpu_isas()[0]:
-        pytest.skip("CUDA test: the CPU ISA level does not change it; it runs at the best level only")
-    with unlearnx.use_cpu_isa(name):
-        yield name
+    level, and once with the CUDA kernels emulated on the CPU (``simt``, ``unlearnx.simt``);
+    a level this CPU cannot execute is skipped with the reason. Tensors stay on the CPU."""
+    backend, context = _enter(request, request.param)
+    with context:
+        yield backend
+
+
+@pytest.fixture(params=[*CPU_BACKENDS, "cuda"])
+def backend(request: pytest.FixtureRequest):
+    """:func:`cpu_backend`, and the GPU where there is one."""
+    backend, context = _enter(request, request.param)
+    with context:
+        yield backend
 
 
 def torchrun(script, *args: str, nproc: int = 2, timeout: int = 300, check: bool = True):

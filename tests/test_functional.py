@@ -11,13 +11,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import CUDA, EPS, IGNORE, Problem, make_problem, requires_cuda
+from tests.conftest import CUDA, CUDA_ONLY, EPS, IGNORE, Problem, make_problem, requires_cuda
 from unlearnx import functional as F
 from unlearnx import losses
 from unlearnx import reference as R
 
-# every test here runs once per CPU ISA level (tests/conftest.py::cpu_isa)
-pytestmark = pytest.mark.usefixtures("cpu_isa")
+# every test here runs once per CPU ISA level and once on the SIMT-emulated CUDA kernels
+# (tests/conftest.py::cpu_backend)
+pytestmark = pytest.mark.usefixtures("cpu_backend")
 
 
 @dataclass(frozen=True)
@@ -435,6 +436,23 @@ def test_cuda_matches_reference(case: Case, dtype: torch.dtype, chunk_size: int 
         err_r = _max_err(r, t)
         margin = err_r + ERR_SLACK[dtype] * EPS[dtype] * t.abs().max().item() + 1e-30
         assert _max_err(f, t) <= err_r + margin, f"{case.name} {name}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA_ONLY)])
+def test_deterministic_mode_runs_every_loss_bit_identically(case: Case, device: str, monkeypatch) -> None:
+    # torch.use_deterministic_algorithms(True) must not make a loss raise (a weighted CUDA
+    # bincount would), and in it two runs agree to the bit on every device
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    p = make_problem(B=3, T=12, D=16, V=301, device=device, seed=3)
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = [_loss_and_grads(case, case.fused, p, p.leaves(torch.float32), chunk_size=5) for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(before)
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b), case.name
 
 
 # --------------------------------------------------------------------------- schedules

@@ -25,7 +25,7 @@ gets no gradient.
 import torch
 from torch import Tensor
 
-import unlearnx._C  # noqa: F401  (registers the C++ operators)
+import unlearnx._C  # registers the C++ operators
 from unlearnx import _chunked
 
 
@@ -46,34 +46,46 @@ def _fake_grads(input: Tensor, weight: Tensor, bias: Tensor | None, needs: list[
 
 # ------------------------------------------------------------------ fake row kernels
 
+# the CPU/CUDA kernels and their SIMT emulation share schemas, so they share fakes
+_KERNEL_NAMESPACES = ["unlearnx"] + (["unlearnx_simt"] if unlearnx._C.build_info()["simt"] else [])
 
-@torch.library.register_fake("unlearnx::lse_stats")
+
+def _row_kernel_fake(name: str):
+    def register(fn):
+        for ns in _KERNEL_NAMESPACES:
+            torch.library.register_fake(f"{ns}::{name}")(fn)
+        return fn
+
+    return register
+
+
+@_row_kernel_fake("lse_stats")
 def _lse_stats_fake(logits, target):
     return tuple(logits.new_empty(logits.shape[0], dtype=_acc(logits)) for _ in range(2))
 
 
-@torch.library.register_fake("unlearnx::logprob_grad_")
+@_row_kernel_fake("logprob_grad_")
 def _logprob_grad_fake(logits, target, lse, logp_target, coef) -> None:
     return None
 
 
-@torch.library.register_fake("unlearnx::max_stats")
+@_row_kernel_fake("max_stats")
 def _max_stats_fake(logits):
     rows = logits.shape[0]
     return logits.new_empty(rows, dtype=_acc(logits)), logits.new_empty(rows, dtype=torch.int64)
 
 
-@torch.library.register_fake("unlearnx::ref_stats")
+@_row_kernel_fake("ref_stats")
 def _ref_stats_fake(logits, ref_logits, target):
     return tuple(logits.new_empty(logits.shape[0], dtype=_acc(logits)) for _ in range(5))
 
 
-@torch.library.register_fake("unlearnx::ref_grad_")
+@_row_kernel_fake("ref_grad_")
 def _ref_grad_fake(logits, ref_logits, target, lse, ref_lse, logp, ref_logp, a, c) -> None:
     return None
 
 
-@torch.library.register_fake("unlearnx::dipo_direction_")
+@_row_kernel_fake("dipo_direction_")
 def _dipo_direction_fake(ref_logits, threshold, shift):
     return ref_logits.new_empty(ref_logits.shape[0], dtype=_acc(ref_logits))
 

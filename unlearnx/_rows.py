@@ -10,12 +10,32 @@ driver then never forms ``z`` at all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
 Stats = tuple[Tensor, ...]
+
+_namespace = "unlearnx"
+
+
+def kernels():
+    """The row-kernel operators the families call: ``torch.ops.unlearnx``, or
+    ``torch.ops.unlearnx_simt`` inside ``unlearnx.simt.simt_kernels()``."""
+    return getattr(torch.ops, _namespace)
+
+
+@contextlib.contextmanager
+def kernel_namespace(name: str) -> Iterator[None]:
+    """Routes :func:`kernels` to ``torch.ops.<name>`` inside the block."""
+    global _namespace
+    previous, _namespace = _namespace, name
+    try:
+        yield
+    finally:
+        _namespace = previous
 
 
 class LogProb:
@@ -25,13 +45,13 @@ class LogProb:
     linear = False
 
     def stats(self, z: Tensor, r: Tensor | None, t: Tensor) -> Stats:
-        return tuple(torch.ops.unlearnx.lse_stats(z, t))
+        return tuple(kernels().lse_stats(z, t))
 
     def value(self, stats: Stats) -> Tensor:
         return stats[1]
 
     def grad_(self, z: Tensor, r: Tensor | None, t: Tensor, stats: Stats, coef: Tensor) -> None:
-        torch.ops.unlearnx.logprob_grad_(z, t, stats[0], stats[1], coef)
+        kernels().logprob_grad_(z, t, stats[0], stats[1], coef)
 
 
 class Reference:
@@ -43,7 +63,7 @@ class Reference:
     linear = False
 
     def stats(self, z: Tensor, r: Tensor | None, t: Tensor) -> Stats:
-        return tuple(torch.ops.unlearnx.ref_stats(z, r, t))
+        return tuple(kernels().ref_stats(z, r, t))
 
     def value(self, stats: Stats) -> Tensor:
         return stats[4]
@@ -53,7 +73,7 @@ class Reference:
     ) -> None:
         a, c = (torch.zeros_like(coef), coef) if isinstance(coef, Tensor) else coef
         lse, ref_lse, logp, ref_logp, _ = stats
-        torch.ops.unlearnx.ref_grad_(z, r, t, lse, ref_lse, logp, ref_logp, a, c)
+        kernels().ref_grad_(z, r, t, lse, ref_lse, logp, ref_logp, a, c)
 
 
 class Dipo:
@@ -74,12 +94,11 @@ class Dipo:
 
     def direction_(self, r: Tensor) -> Tensor:
         """Rewrites ``r [C, V]`` into g in place; returns ``<g, r> (C,)`` (fp32, fp64 for fp64)."""
+        if self.top_k == 1:  # H = the row's maxima: the kernel finds them in its own max pass
+            return kernels().dipo_direction_(r, None, self.shift)
         acc = torch.float64 if r.dtype == torch.float64 else torch.float32
-        if self.top_k == 1:  # a max is several times cheaper than topk on CPU
-            threshold = r.amax(dim=1).to(acc)
-        else:
-            threshold = r.topk(min(self.top_k, r.shape[1]), dim=1).values[:, -1].to(acc)
-        return torch.ops.unlearnx.dipo_direction_(r, threshold, self.shift)
+        threshold = r.topk(min(self.top_k, r.shape[1]), dim=1).values[:, -1].to(acc)
+        return kernels().dipo_direction_(r, threshold, self.shift)
 
     def value(self, stats: Stats) -> Tensor:
         return stats[0]
@@ -93,7 +112,7 @@ class Max:
     linear = False
 
     def stats(self, z: Tensor, r: Tensor | None, t: Tensor) -> Stats:
-        return tuple(torch.ops.unlearnx.max_stats(z))
+        return tuple(kernels().max_stats(z))
 
     def value(self, stats: Stats) -> Tensor:
         return stats[0]
@@ -111,7 +130,7 @@ class TargetScore:
     linear = False
 
     def stats(self, z: Tensor, r: Tensor | None, t: Tensor) -> Stats:
-        lse, logp = torch.ops.unlearnx.lse_stats(z, t)
+        lse, logp = kernels().lse_stats(z, t)
         acc = lse.dtype
         if z.shape[1] == 1:
             return lse, logp, torch.zeros_like(lse)

@@ -4,13 +4,14 @@
 
 #include <limits>
 
+#include "common.cuh"
 #include "unlearnx/row_math.h"
 
 namespace unlearnx {
 
 template <typename acc_t>
 __device__ __forceinline__ SoftmaxPartial<acc_t> warp_merge(SoftmaxPartial<acc_t> p) {
-#pragma unroll
+UNLX_UNROLL
   for (int offset = 16; offset > 0; offset >>= 1) {
     SoftmaxPartial<acc_t> q{__shfl_xor_sync(0xffffffffu, p.max, offset),
                             __shfl_xor_sync(0xffffffffu, p.sumexp, offset)};
@@ -50,17 +51,17 @@ __device__ __forceinline__ void block_reduce(T (&v)[N]) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   auto combine = [](T a, T b) { return kMax ? (a < b ? b : a) : a + b; };
   const T identity = kMax ? -std::numeric_limits<T>::infinity() : T(0);
-#pragma unroll
+UNLX_UNROLL
   for (int i = 0; i < N; ++i) {
-#pragma unroll
+UNLX_UNROLL
     for (int offset = 16; offset > 0; offset >>= 1) v[i] = combine(v[i], __shfl_xor_sync(0xffffffffu, v[i], offset));
     if (lane == 0) slots[i][warp] = v[i];
   }
   __syncthreads();
-#pragma unroll
+UNLX_UNROLL
   for (int i = 0; i < N; ++i) {
     v[i] = lane < kWarps ? slots[i][lane] : identity;
-#pragma unroll
+UNLX_UNROLL
     for (int offset = 16; offset > 0; offset >>= 1) v[i] = combine(v[i], __shfl_xor_sync(0xffffffffu, v[i], offset));
   }
   __syncthreads();  // the slots are reused by the next row

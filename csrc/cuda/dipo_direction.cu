@@ -1,5 +1,5 @@
 // CUDA DiPO direction kernel: one block per reference row; a max pass, one pass for the sums
-// inside and outside the top set H (entries >= threshold), then r <- g = q+ - q- in place and
+// inside and outside the top set H (entries >= threshold; without one, the row's maximum), then r <- g = q+ - q- in place and
 // <g, r> out.
 #include <limits>
 
@@ -16,10 +16,10 @@ __global__ void __launch_bounds__(kRowThreads)
                           int64_t rows, int64_t V, acc_t* __restrict__ offset) {
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     scalar_t* r = rs + row * V;
-    const acc_t tau = threshold[row];
     acc_t m[1] = {-std::numeric_limits<acc_t>::infinity()};
     for (int64_t v = threadIdx.x; v < V; v += kRowThreads) m[0] = fmax(m[0], static_cast<acc_t>(r[v]));
     block_max<acc_t, kRowThreads, 1>(m);
+    const acc_t tau = threshold != nullptr ? threshold[row] : m[0];
     acc_t s[4] = {0, 0, 0, 0};  // s_out, s_in, b_out, b_in
     for (int64_t v = threadIdx.x; v < V; v += kRowThreads) {
       const acc_t y = static_cast<acc_t>(r[v]) - m[0];
@@ -40,20 +40,18 @@ __global__ void __launch_bounds__(kRowThreads)
 
 }  // namespace
 
-at::Tensor dipo_direction_cuda_(const at::Tensor& ref_logits, const at::Tensor& threshold, double shift) {
+at::Tensor UNLX_DEVICE_FN_(dipo_direction)(const at::Tensor& ref_logits, const std::optional<at::Tensor>& threshold,
+                                           double shift) {
   check_logits(ref_logits);
-  check_row_vectors(ref_logits, {{threshold, "threshold"}});
-  c10::cuda::CUDAGuard guard(ref_logits.device());
+  if (threshold) check_row_vector(*threshold, "threshold", ref_logits);
+  device::Guard guard(ref_logits);
   at::Tensor offset = acc_empty(ref_logits);
   if (ref_logits.size(0) == 0) return offset;
-  const auto tau = threshold.contiguous();
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  UNLEARNX_DISPATCH_LOGITS(ref_logits.scalar_type(), "dipo_direction_cuda_", [&] {
+  const auto tau = threshold ? threshold->contiguous() : at::Tensor();
+  UNLEARNX_DISPATCH_LOGITS(ref_logits.scalar_type(), "dipo_direction", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    dipo_direction_kernel<scalar_t, acc_t><<<row_blocks(ref_logits.size(0)), kRowThreads, 0, stream>>>(
-        ref_logits.data_ptr<scalar_t>(), tau.const_data_ptr<acc_t>(), static_cast<acc_t>(shift), ref_logits.size(0),
+    device::launch(dipo_direction_kernel<scalar_t, acc_t>, row_blocks(ref_logits.size(0)), kRowThreads, ref_logits.data_ptr<scalar_t>(), tau.defined() ? tau.const_data_ptr<acc_t>() : nullptr, static_cast<acc_t>(shift), ref_logits.size(0),
         ref_logits.size(1), offset.data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return offset;
 }

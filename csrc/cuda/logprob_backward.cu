@@ -25,24 +25,22 @@ __global__ void __launch_bounds__(kRowThreads)
 
 }  // namespace
 
-void logprob_grad_cuda_(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
+void UNLX_DEVICE_FN_(logprob_grad)(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
                         const at::Tensor& logp_target, const at::Tensor& coef) {
   check_logits_target(logits, target);
+  check_target_values(target, logits.size(1));
   check_row_vectors(logits, {{lse, "lse"}, {logp_target, "logp_target"}, {coef, "coef"}});
-  c10::cuda::CUDAGuard guard(logits.device());
+  device::Guard guard(logits);
   const int64_t rows = logits.size(0), V = logits.size(1);
   if (rows == 0) return;
   const auto target_c = target.contiguous();
   const auto lse_c = lse.contiguous();
   const auto logp_c = logp_target.contiguous();
   const auto coef_c = coef.contiguous();
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  UNLEARNX_DISPATCH_LOGITS(logits.scalar_type(), "logprob_grad_cuda_", [&] {
+  UNLEARNX_DISPATCH_LOGITS(logits.scalar_type(), "logprob_grad", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    logprob_grad_kernel<scalar_t, acc_t><<<elementwise_grid(rows, V), kRowThreads, 0, stream>>>(
-        logits.data_ptr<scalar_t>(), target_c.const_data_ptr<int64_t>(), lse_c.const_data_ptr<acc_t>(),
+    device::launch(logprob_grad_kernel<scalar_t, acc_t>, elementwise_grid(rows, V), kRowThreads, logits.data_ptr<scalar_t>(), target_c.const_data_ptr<int64_t>(), lse_c.const_data_ptr<acc_t>(),
         logp_c.const_data_ptr<acc_t>(), coef_c.const_data_ptr<acc_t>(), rows, V);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 

@@ -29,20 +29,18 @@ __global__ void __launch_bounds__(kRowThreads)
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> lse_stats_cuda(const at::Tensor& logits, const at::Tensor& target) {
+std::tuple<at::Tensor, at::Tensor> UNLX_DEVICE_FN(lse_stats)(const at::Tensor& logits, const at::Tensor& target) {
   check_logits_target(logits, target);
-  c10::cuda::CUDAGuard guard(logits.device());
+  check_target_values(target, logits.size(1));
+  device::Guard guard(logits);
   const auto target_c = target.contiguous();
   const int64_t rows = logits.size(0), V = logits.size(1);
   at::Tensor lse = acc_empty(logits), logp = acc_empty(logits);
   if (rows == 0) return {lse, logp};
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  UNLEARNX_DISPATCH_LOGITS(logits.scalar_type(), "lse_stats_cuda", [&] {
+  UNLEARNX_DISPATCH_LOGITS(logits.scalar_type(), "lse_stats", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    lse_stats_kernel<scalar_t, acc_t><<<row_blocks(rows), kRowThreads, 0, stream>>>(
-        logits.const_data_ptr<scalar_t>(), target_c.const_data_ptr<int64_t>(), rows, V, lse.data_ptr<acc_t>(),
+    device::launch(lse_stats_kernel<scalar_t, acc_t>, row_blocks(rows), kRowThreads, logits.const_data_ptr<scalar_t>(), target_c.const_data_ptr<int64_t>(), rows, V, lse.data_ptr<acc_t>(),
         logp.data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {lse, logp};
 }

@@ -32,7 +32,7 @@ __global__ void __launch_bounds__(kRowThreads)
       if (beats(m, idx, x, v)) m = x, idx = v;
     }
     for (int pass = 0; pass < 2; ++pass) {
-#pragma unroll
+UNLX_UNROLL
       for (int offset = 16; offset > 0; offset >>= 1) {
         const acc_t om = __shfl_xor_sync(0xffffffffu, m, offset);
         const int64_t oi = __shfl_xor_sync(0xffffffffu, idx, offset);
@@ -52,19 +52,16 @@ __global__ void __launch_bounds__(kRowThreads)
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> max_stats_cuda(const at::Tensor& logits) {
+std::tuple<at::Tensor, at::Tensor> UNLX_DEVICE_FN(max_stats)(const at::Tensor& logits) {
   check_logits(logits);
-  c10::cuda::CUDAGuard guard(logits.device());
+  device::Guard guard(logits);
   at::Tensor mx = acc_empty(logits);
   at::Tensor arg = at::empty({logits.size(0)}, logits.options().dtype(at::kLong));
   if (logits.size(0) == 0) return {mx, arg};
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  UNLEARNX_DISPATCH_LOGITS(logits.scalar_type(), "max_stats_cuda", [&] {
+  UNLEARNX_DISPATCH_LOGITS(logits.scalar_type(), "max_stats", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    max_kernel<scalar_t, acc_t><<<row_blocks(logits.size(0)), kRowThreads, 0, stream>>>(
-        logits.const_data_ptr<scalar_t>(), logits.size(0), logits.size(1), mx.data_ptr<acc_t>(),
+    device::launch(max_kernel<scalar_t, acc_t>, row_blocks(logits.size(0)), kRowThreads, logits.const_data_ptr<scalar_t>(), logits.size(0), logits.size(1), mx.data_ptr<acc_t>(),
         arg.data_ptr<int64_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {mx, arg};
 }

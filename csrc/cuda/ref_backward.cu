@@ -28,24 +28,22 @@ __global__ void __launch_bounds__(kRowThreads)
 
 }  // namespace
 
-void ref_grad_cuda_(const at::Tensor& logits, const at::Tensor& ref_logits, const at::Tensor& target,
+void UNLX_DEVICE_FN_(ref_grad)(const at::Tensor& logits, const at::Tensor& ref_logits, const at::Tensor& target,
                     const at::Tensor& lse, const at::Tensor& ref_lse, const at::Tensor& logp,
                     const at::Tensor& ref_logp, const at::Tensor& a, const at::Tensor& c) {
   check_ref_args(logits, ref_logits, &target,
                  {{lse, "lse"}, {ref_lse, "ref_lse"}, {logp, "logp"}, {ref_logp, "ref_logp"}, {a, "a"}, {c, "c"}});
-  c10::cuda::CUDAGuard guard(logits.device());
+  check_target_values(target, logits.size(1));
+  device::Guard guard(logits);
   if (logits.size(0) == 0) return;
   const auto t = target.contiguous(), lz = lse.contiguous(), lr = ref_lse.contiguous(), lp = logp.contiguous(),
              lpr = ref_logp.contiguous(), ac = a.contiguous(), cc = c.contiguous();
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  UNLEARNX_DISPATCH_LOGITS(logits.scalar_type(), "ref_grad_cuda_", [&] {
+  UNLEARNX_DISPATCH_LOGITS(logits.scalar_type(), "ref_grad", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    ref_grad_kernel<scalar_t, acc_t><<<elementwise_grid(logits.size(0), logits.size(1)), kRowThreads, 0, stream>>>(
-        logits.data_ptr<scalar_t>(), ref_logits.const_data_ptr<scalar_t>(), t.const_data_ptr<int64_t>(),
+    device::launch(ref_grad_kernel<scalar_t, acc_t>, elementwise_grid(logits.size(0), logits.size(1)), kRowThreads, logits.data_ptr<scalar_t>(), ref_logits.const_data_ptr<scalar_t>(), t.const_data_ptr<int64_t>(),
         lz.const_data_ptr<acc_t>(), lr.const_data_ptr<acc_t>(), lp.const_data_ptr<acc_t>(),
         lpr.const_data_ptr<acc_t>(), ac.const_data_ptr<acc_t>(), cc.const_data_ptr<acc_t>(), logits.size(0),
         logits.size(1));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 

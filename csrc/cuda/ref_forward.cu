@@ -45,23 +45,21 @@ __global__ void __launch_bounds__(kRowThreads)
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ref_stats_cuda(const at::Tensor& logits,
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> UNLX_DEVICE_FN(ref_stats)(const at::Tensor& logits,
                                                                                       const at::Tensor& ref_logits,
                                                                                       const at::Tensor& target) {
   check_ref_args(logits, ref_logits, &target, {});
-  c10::cuda::CUDAGuard guard(logits.device());
+  check_target_values(target, logits.size(1));
+  device::Guard guard(logits);
   const auto target_c = target.contiguous();
   at::Tensor lse = acc_empty(logits), ref_lse = acc_empty(logits), logp = acc_empty(logits),
              ref_logp = acc_empty(logits), kl = acc_empty(logits);
   if (logits.size(0) == 0) return {lse, ref_lse, logp, ref_logp, kl};
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  UNLEARNX_DISPATCH_LOGITS(logits.scalar_type(), "ref_stats_cuda", [&] {
+  UNLEARNX_DISPATCH_LOGITS(logits.scalar_type(), "ref_stats", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    ref_stats_kernel<scalar_t, acc_t><<<row_blocks(logits.size(0)), kRowThreads, 0, stream>>>(
-        logits.const_data_ptr<scalar_t>(), ref_logits.const_data_ptr<scalar_t>(), target_c.const_data_ptr<int64_t>(),
+    device::launch(ref_stats_kernel<scalar_t, acc_t>, row_blocks(logits.size(0)), kRowThreads, logits.const_data_ptr<scalar_t>(), ref_logits.const_data_ptr<scalar_t>(), target_c.const_data_ptr<int64_t>(),
         logits.size(0), logits.size(1), lse.data_ptr<acc_t>(), ref_lse.data_ptr<acc_t>(), logp.data_ptr<acc_t>(),
         ref_logp.data_ptr<acc_t>(), kl.data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {lse, ref_lse, logp, ref_logp, kl};
 }

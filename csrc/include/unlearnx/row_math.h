@@ -76,12 +76,16 @@ UNLX_HD SoftmaxPartial<acc_t> softmax_empty() {
 
 template <typename acc_t>
 UNLX_HD SoftmaxPartial<acc_t> softmax_merge(SoftmaxPartial<acc_t> a, SoftmaxPartial<acc_t> b) {
+  // A NaN logit poisons the row, as in torch. Tested first: a partial whose max is NaN fails
+  // every comparison below and would be taken for an empty side and dropped (found by running
+  // the CUDA kernels under the SIMT shim: a NaN first seen by a thread vanished from its block).
+  if (a.max != a.max || b.max != b.max) return {a.max + b.max, a.max + b.max};
   if (a.max < b.max) {
     SoftmaxPartial<acc_t> t = a;
     a = b;
     b = t;
   }
-  // a.max is the larger (or NaN); an empty side contributes exp(-inf) = 0.
+  // a.max is the larger; an empty side contributes exp(-inf) = 0.
   if (b.max == -std::numeric_limits<acc_t>::infinity()) return a;
   return {a.max, a.sumexp + b.sumexp * exp_acc(b.max - a.max)};
 }
@@ -113,10 +117,17 @@ template <typename acc_t>
 UNLX_HD RowStats<acc_t> finish_row(SoftmaxPartial<acc_t> others, acc_t z_target) {
   const SoftmaxPartial<acc_t> all = softmax_merge(others, SoftmaxPartial<acc_t>{z_target, acc_t(0)});
   const acc_t m = all.max;
+  RowStats<acc_t> out;
+  // No finite maximum (a NaN, a +inf, or every logit -inf): log_softmax is NaN on the whole
+  // row in torch too. Decided here, once for every kernel, because the CPU sums cannot tell a
+  // +inf's exp(inf - inf) from a NaN logit and the block merges see them differently.
+  if (!(m - m == acc_t(0))) {
+    out.lse = out.logp_target = std::numeric_limits<acc_t>::quiet_NaN();
+    return out;
+  }
   const acc_t s_other = all.sumexp;  // the non-target sum, rescaled to m
   const acc_t d = z_target - m;      // <= 0
   const acc_t e_target = exp_acc(d);
-  RowStats<acc_t> out;
   out.lse = max_plus_log(m, e_target + s_other);
   // The log1p form only where p_y > 1/2 (r < 1): elsewhere the direct form is the
   // more accurate one, and exp(-d) could overflow for a target far below the max.
