@@ -421,7 +421,7 @@ def flatten_backward(
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Gradients of ``sum(grad * margin)``. ``dmargin/dz = onehot(argmax) - 1/V`` is sparse
     plus rank one, so ``dX = g (W[argmax] - mean_row(W))``, ``dW`` a scatter-add minus a
-    rank-one update, ``db`` a bincount minus a constant: O(N·D + V·D), no vocabulary GEMM."""
+    rank-one update, ``db`` a scatter-add minus a constant: O(N·D + V·D), no vocabulary GEMM."""
     acc = acc_dtype(input2d.dtype)
     vocab = weight.shape[0]
     rows = (argmax >= 0).nonzero().squeeze(1)
@@ -441,5 +441,8 @@ def flatten_backward(
         gw = torch.zeros(weight.shape, dtype=acc, device=weight.device).index_add_(0, top, g[:, None] * x)
         gw = (gw - gx_sum / vocab).to(weight.dtype)
     if need_b and bias is not None:
-        gb = (torch.bincount(top, weights=g, minlength=vocab).to(acc) - g.sum() / vocab).to(bias.dtype)
+        # index_add_, not a weighted bincount: on CUDA the latter has no deterministic
+        # implementation and raises under torch.use_deterministic_algorithms(True)
+        gb = torch.zeros(vocab, dtype=acc, device=bias.device).index_add_(0, top, g)
+        gb = (gb - g.sum() / vocab).to(bias.dtype)
     return gx, gw, gb

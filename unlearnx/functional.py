@@ -10,7 +10,12 @@ Common arguments (all losses):
 - ``chunk_size``: rows of logits computed at once; ``None`` sizes chunks from a memory
   budget (64 MiB of logits on CPU, 1 GiB on CUDA), grown up to 4x for sequence losses
   so that the longest sequence fits one chunk (single pass, 6·N·D·V FLOPs instead of
-  8). Results are deterministic for a given chunk size.
+  8). On the CPU, results are deterministic for a given chunk size. On CUDA the row
+  kernels reduce in a fixed order, but the scatter-adds over tokens (``index_add_``: the
+  per-sequence sums of the sequence losses, the flattening backward's ``dW`` and ``db``) use
+  atomics, so their last bits vary run to run unless ``torch.use_deterministic_algorithms(True)``,
+  under which PyTorch runs its deterministic version of them (no loss raises in that mode;
+  cuBLAS then needs ``CUBLAS_WORKSPACE_CONFIG=:4096:8``, as for any model).
 
 The ``[tokens, V]`` logits are never materialised: peak extra memory is one chunk of
 logits plus the gradients. Losses and statistics are fp32 (fp64 for fp64 input).
