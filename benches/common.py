@@ -57,17 +57,44 @@ def model_inputs(
     ignore_frac: float = 0.0,
 ) -> Inputs:
     """Hidden states and head of a random one-layer Llama of hidden size D and vocabulary V."""
-
     model = tiny_llama(V, hidden=D, layers=1, heads=max(1, D // 64), max_positions=max(T, 128), seed=seed)
     model = model.to(device=device, dtype=dtype).eval()
     ids = torch.randint(0, V, (B, T + 1), device=device)
     with torch.no_grad():
         hidden = torch.cat([model.model(input_ids=ids[i : i + 1, :T]).last_hidden_state for i in range(B)])
-    target = ids[:, 1:].clone()
-    if ignore_frac > 0:
-        target[:, : int(T * ignore_frac)] = -100  # a prompt, as in QA unlearning data
     weight = model.lm_head.weight.detach().clone()
     del model
+    return _with_references(hidden, weight, ids[:, 1:].clone(), ignore_frac)
+
+
+def random_inputs(
+    B: int,
+    T: int,
+    D: int,
+    V: int,
+    dtype: torch.dtype,
+    device: str = "cpu",
+    seed: int = 0,
+    ignore_frac: float = 0.0,
+) -> Inputs:
+    """Unit-RMS random hidden states and a random head (std 1/sqrt(D), so logits have unit
+    scale), drawn on ``device`` itself: no model, no transformers, and no host copy of a large
+    head (a 152k x 3584 head or 128k tokens of hidden states are GBs). For GPU hosts."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    hidden = torch.randn(B, T, D, generator=g, device=device, dtype=dtype)
+    weight = (torch.randn(V, D, generator=g, device=device) * D**-0.5).to(dtype)
+    target = torch.randint(0, V, (B, T), generator=g, device=device)
+    return _with_references(hidden, weight, target, ignore_frac)
+
+
+def _with_references(
+    hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, ignore_frac: float
+) -> Inputs:
+    """The reference-side inputs of the losses, all drawn on the inputs' device."""
+    T = target.shape[1]
+    if ignore_frac > 0:
+        target[:, : int(T * ignore_frac)] = -100  # a prompt, as in QA unlearning data
+    device = hidden.device
     with torch.no_grad():
         sums, _ = F.sequence_logprobs(hidden, weight, target)
     ref = sums + torch.randn_like(sums)  # a reference model a little different from the policy
@@ -219,10 +246,11 @@ def step(loss: str, impl: str, inp: Inputs, chunk_size: int | None = None) -> Ca
 def gemm_floor(N: int, D: int, V: int, dtype: torch.dtype, device: torch.device) -> Callable[[], None]:
     """The three plain GEMMs of a head's forward+backward (6·N·D·V FLOPs): ``Z = X W^T``,
     ``dX = dZ W``, ``dW = dZ^T X``, on random data of the same shapes and dtype."""
-    g = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(N, D, generator=g).to(device, dtype)
-    w = torch.randn(V, D, generator=g).to(device, dtype)
-    dz = torch.randn(N, V, generator=g).to(device, dtype)
+    # drawn on the device: N x V of dZ is 80 GB in fp32 at 128k tokens and a 152k vocabulary
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(N, D, generator=g, device=device, dtype=dtype)
+    w = torch.randn(V, D, generator=g, device=device, dtype=dtype)
+    dz = torch.randn(N, V, generator=g, device=device, dtype=dtype)
 
     def run() -> None:
         x @ w.t()

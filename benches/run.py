@@ -23,6 +23,7 @@ import argparse
 import json
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,6 +39,7 @@ from benches.common import (
     median_ms,
     model_inputs,
     peak_extra_mb,
+    random_inputs,
     unavailable,
 )
 
@@ -80,11 +82,17 @@ def measure(loss: str, impl: str, inp, device: torch.device, repeats: int, chunk
     return {"ms": ms, "fwd_ms": fwd_ms, "bwd_ms": max(ms - fwd_ms, 0.0), "peak_extra_mb": mem}
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+INPUTS = {"model": model_inputs, "random": random_inputs}
+
+
+def run(
+    args: argparse.Namespace, on_record: Callable[[list[dict]], None] = lambda records: None
+) -> list[dict]:
+    """Measures every (T, loss, impl); calls ``on_record`` with the records so far after each."""
     device = torch.device(args.device)
     records = []
     for T in args.T:
-        inp = model_inputs(
+        inp = INPUTS[args.inputs](
             args.B, T, args.D, args.V, DTYPES[args.dtype], args.device, ignore_frac=args.ignore_frac
         )
         n = int((inp.t != -100).sum())
@@ -116,6 +124,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                     # the reference at long contexts is the point of the comparison: record it
                     records.append({**base, "oom": True})
                     print(json.dumps(records[-1]), flush=True)
+                    on_record(records)
                     torch.cuda.empty_cache()
                     continue
                 factor = (FUSED_FLOP_FACTOR if impl == "fused" else FLOP_FACTOR)[loss]
@@ -134,6 +143,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 )
                 records.append(rec)
                 print(json.dumps(rec), flush=True)
+                on_record(records)
     return records
 
 
@@ -222,17 +232,39 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--chunk-size", type=int, default=None, help="fused chunk rows (default: memory budget)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--inputs",
+        default="model",
+        choices=sorted(INPUTS),
+        help="model: hidden states of a random one-layer Llama (needs transformers); random: drawn on "
+        "the device, no model (for GPU hosts and large heads)",
+    )
+    ap.add_argument(
+        "--formats",
+        nargs="+",
+        default=["json", "md", "png"],
+        choices=["json", "md", "png"],
+        help="result files to write (the JSON is rewritten after every measurement)",
+    )
     ap.add_argument("--name", default=None, help="results file stem (default: <device>-<losses>)")
     ap.add_argument(
         "--out-dir", type=Path, default=RESULTS, help="folder for the results (default benches/results)"
     )
     args = ap.parse_args(argv)
-    records = run(args)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.name or f"{args.device}-{'-'.join(args.losses)}"
-    (args.out_dir / f"{stem}.json").write_text(json.dumps(records, indent=1) + "\n")
-    (args.out_dir / f"{stem}.md").write_text(markdown(records))
-    plot(records, args.out_dir / f"{stem}.png")
+
+    def save_json(records: list[dict]) -> None:
+        # after every measurement, so a run cut short by a time limit keeps what it measured
+        if "json" in args.formats:
+            (args.out_dir / f"{stem}.json").write_text(json.dumps(records, indent=1) + "\n")
+
+    records = run(args, save_json)
+    save_json(records)
+    if "md" in args.formats:
+        (args.out_dir / f"{stem}.md").write_text(markdown(records))
+    if "png" in args.formats:
+        plot(records, args.out_dir / f"{stem}.png")
     print(markdown(records))
 
 
