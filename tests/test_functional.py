@@ -438,6 +438,22 @@ def test_cuda_matches_reference(case: Case, dtype: torch.dtype, chunk_size: int 
         assert _max_err(f, t) <= err_r + margin, f"{case.name} {name}"
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c.reduces], ids=[c.name for c in CASES if c.reduces])
+def test_backward_through_a_retained_graph_sees_the_saved_gradients_intact(case: Case) -> None:
+    # the single-pass ops save their gradients and scale them in backward: neither autograd
+    # adopting them as .grad nor a later accumulation may change what a second backward sees
+    # (handing autograd the saved tensor itself for an upstream of 1 fails exactly here)
+    p = make_problem(seed=4)
+    x, w, b = p.leaves(torch.float32)
+    loss = case.call(case.fused, p, x, w, b, chunk_size=None)
+    loss.backward(retain_graph=True)
+    first = [t.grad.clone() for t in (x, w, b)]
+    loss.backward(retain_graph=True)
+    loss.backward(torch.tensor(0.5))
+    for t, g in zip((x, w, b), first, strict=True):
+        torch.testing.assert_close(t.grad, 2.5 * g, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA_ONLY)])
 def test_deterministic_mode_runs_every_loss_bit_identically(case: Case, device: str, monkeypatch) -> None:
