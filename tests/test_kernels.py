@@ -4,12 +4,14 @@ emulated on the CPU (``simt``, ``torch.ops.unlearnx_simt``) and, where there is 
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
 import unlearnx  # noqa: F401  (registers the operators)
-from tests.conftest import Backend
+from tests.conftest import SIMT, Backend
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 2e-6, torch.float16: 2e-6}
@@ -297,3 +299,20 @@ def test_nan_and_inf_rows_match_torch(backend: Backend, V: int) -> None:
     assert torch.isnan(stats[4][either]).all(), "KL must be NaN where either row has a NaN"
     torch.testing.assert_close(stats[1], r.logsumexp(-1).masked_fill(undefined.flip(0), NAN), equal_nan=True)
     torch.testing.assert_close(stats[0], lse, equal_nan=True)
+
+
+def test_simt_build_covers_every_cuda_kernel_and_operator() -> None:
+    # the emulation is only a check of the CUDA code if it compiles all of it: every .cu file is
+    # included by csrc/simt/kernels.cpp, and every row-kernel operator exists in unlearnx_simt
+    root = Path(__file__).resolve().parents[1] / "csrc"
+    included = set(re.findall(r'#include "cuda/(\w+\.cu)"', (root / "simt" / "kernels.cpp").read_text()))
+    assert included == {p.name for p in (root / "cuda").glob("*.cu")}
+    schemas = re.findall(r'm\.def\([\s\\]*"(\w+)\(', (root / "ops.cpp").read_text())
+    assert len(schemas) == 6
+    if not SIMT:
+        pytest.skip("this build has no SIMT emulation (x86-64 Linux only)")
+    for name in schemas:
+        assert (
+            str(getattr(torch.ops.unlearnx_simt, name).default._schema).split("::", 1)[1]
+            == str(getattr(torch.ops.unlearnx, name).default._schema).split("::", 1)[1]
+        )
