@@ -12,6 +12,9 @@ from unlearnx.cli import main
 from unlearnx.data.tokenizer import build_word_tokenizer
 from unlearnx.models import tiny_llama
 
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"TOFU data not found at {DATA}")
+
 FORGET = [
     ("Who wrote the river maps?", "The river maps were written by Ana Holt."),
     ("Where was Ana Holt born?", "Ana Holt was born in a quiet harbour town."),
@@ -86,6 +89,16 @@ def test_unlearn_from_flags_and_config_file(job, tmp_path: Path, capsys) -> None
         (["--report-examples", "-1"], "--report-examples"),
         (["--warmup-ratio", "1.5"], "--warmup-ratio"),
         (["--weight-decay", "-0.1"], "--weight-decay"),
+        (["--eval-every", "2"], "--eval-every: only with --eval"),
+        (["--eval", "tofu"], "--eval-every"),
+        (["--eval", "tofu", "--eval-every", "0"], "--eval-every"),
+        (["--eval", "tofu", "--eval-every", "1"], "--eval-data: required"),
+        (
+            ["--eval", "tofu", "--eval-every", "1", "--eval-data", "/nonexistent"],
+            "--eval-data: /nonexistent lacks",
+        ),
+        (["--eval", "tofu", "--eval-every", "1", "--eval-split", "forget02"], "--eval-split"),
+        (["--eval", "tofu", "--eval-every", "1", "--eval-limit", "0"], "--eval-limit"),
     ],
 )
 def test_unlearn_rejects_bad_settings(job, extra, needle, capsys) -> None:
@@ -256,3 +269,18 @@ def test_unlearn_under_torchrun_writes_once_from_the_main_process(job, capsys) -
         "model",
         "run.json",
     ]
+
+
+@needs_data
+def test_unlearn_evaluates_tofu_during_training(job, capsys) -> None:
+    argv = _args(job, "--max-steps", "2", "--batch-size", "2", "--lr", "1e-3", "--report-examples", "0")
+    argv += ["--eval", "tofu", "--eval-every", "1", "--eval-data", str(DATA), "--eval-split", "forget01"]
+    argv += ["--eval-limit", "2", "--eval-criterion", "forget/prob", "--eval-mode", "min"]
+    assert main(argv) == 0
+    history = [
+        json.loads(line) for line in (job["out"] / "eval" / "eval_history.jsonl").read_text().splitlines()
+    ]
+    assert [h["step"] for h in history] == [1, 2]
+    assert all(0 < h["forget/prob"] < 1 and h["forget/n"] == 2 and "model_utility" in h for h in history)
+    assert (job["out"] / "eval" / "best" / "config.json").is_file()
+    assert "best by forget/prob (min)" in capsys.readouterr().out

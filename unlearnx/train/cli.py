@@ -81,6 +81,28 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--device", help="cpu or cuda (default: this rank's GPU under torchrun, else cuda if available)"
     )
+    e = p.add_argument_group(
+        "evaluation during training",
+        "--eval tofu runs the TOFU metrics every --eval-every steps (unlearnx.eval.callback): "
+        "OUT/eval/eval_history.jsonl and .png, and OUT/eval/best, the best model by --eval-criterion",
+    )
+    e.add_argument("--eval", choices=EVAL_BENCHMARKS, help="benchmark to evaluate during training")
+    e.add_argument("--eval-every", dest="eval_every", type=int, help="evaluate every N optimiser steps")
+    e.add_argument(
+        "--eval-data", dest="eval_data", type=Path, help="TOFU data folder (the splits' .json files)"
+    )
+    e.add_argument(
+        "--eval-split", dest="eval_split", help="TOFU forget split: forget01, forget05 or forget10 (default)"
+    )
+    e.add_argument("--eval-limit", dest="eval_limit", type=int, help="examples per split (default: all)")
+    e.add_argument(
+        "--eval-criterion",
+        dest="eval_criterion",
+        help="summary key that picks OUT/eval/best (default model_utility), e.g. forget/prob",
+    )
+    e.add_argument(
+        "--eval-mode", dest="eval_mode", choices=["max", "min"], help="best is max (default) or min"
+    )
     p.add_argument(
         "--fsdp",
         action="store_true",
@@ -234,6 +256,7 @@ def plan(args: argparse.Namespace) -> dict:
             f"--retain: method {method!r} uses a {retain_term!r} retain term and needs a retain set"
         )
     device, resume = settings.pop("device", None), bool(settings.pop("resume", False))
+    evaluation = _plan_eval({k: settings.pop(k) for k in list(settings) if k.startswith("eval")})
     _check_sharding_settings(settings)
     config = UnlearnConfig(method=method, hparams=hparams, retain=retain_term, **settings)
     if not (isinstance(config.report_examples, int) and config.report_examples >= 0):
@@ -257,6 +280,53 @@ def plan(args: argparse.Namespace) -> dict:
         "config": config,
         "device": device,
         "resume": resume,
+        "eval": evaluation,
+    }
+
+
+EVAL_BENCHMARKS = ["tofu"]
+_EVAL_SPLITS = ("retain_perturbed", "real_authors_perturbed", "world_facts_perturbed")
+
+
+def _plan_eval(options: dict) -> dict | None:
+    """The --eval-* settings, checked (the data's files included) before any model loads."""
+    from unlearnx.eval.tofu import FORGET_SPLITS
+
+    benchmark = options.pop("eval", None)
+    if benchmark is None:
+        if options:
+            raise ValueError(f"--{next(iter(options)).replace('_', '-')}: only with --eval")
+        return None
+    if benchmark not in EVAL_BENCHMARKS:
+        raise ValueError(f"--eval: expected one of {EVAL_BENCHMARKS}, got {benchmark!r}")
+    every = options.pop("eval_every", None)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"--eval-every: expected a positive int with --eval, got {every!r}")
+    split = options.pop("eval_split", "forget10")
+    if split not in FORGET_SPLITS:
+        raise ValueError(f"--eval-split: expected one of {FORGET_SPLITS}, got {split!r}")
+    limit = options.pop("eval_limit", None)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"--eval-limit: expected a positive int, got {limit!r}")
+    mode = options.pop("eval_mode", "max")
+    if mode not in ("max", "min"):
+        raise ValueError(f"--eval-mode: expected max or min, got {mode!r}")
+    criterion = options.pop("eval_criterion", "model_utility")
+    if "eval_data" not in options:
+        raise ValueError("--eval-data: required with --eval tofu (the TOFU data folder)")
+    data = Path(options.pop("eval_data"))
+    missing = [n for n in (f"{split}_perturbed", *_EVAL_SPLITS) if not (data / f"{n}.json").is_file()]
+    if missing:
+        raise ValueError(f"--eval-data: {data} lacks the TOFU splits {missing} (<name>.json each)")
+    if options:
+        raise ValueError(f"--{next(iter(options)).replace('_', '-')}: unknown evaluation setting")
+    return {
+        "data_dir": data,
+        "every_steps": every,
+        "forget_split": split,
+        "limit": limit,
+        "criterion": criterion,
+        "mode": mode,
     }
 
 
@@ -298,8 +368,22 @@ def run(args: argparse.Namespace) -> int:
     tok = AutoTokenizer.from_pretrained(job["model"])
     forget, retain = (_as_dataset(tok, d, job["config"].max_length) for d in (job["forget"], job["retain"]))
     path = job["out"] / "model"
+    callbacks = []
+    if job["eval"]:
+        from unlearnx.eval.callback import TofuEvalCallback
+
+        options = dict(job["eval"])
+        callbacks.append(TofuEvalCallback(tok, options.pop("data_dir"), job["out"] / "eval", **options))
     result = unlearn(
-        model, tok, forget, retain, job["config"], job["out"], resume=job["resume"], save_to=path
+        model,
+        tok,
+        forget,
+        retain,
+        job["config"],
+        job["out"],
+        resume=job["resume"],
+        save_to=path,
+        callbacks=callbacks,
     )
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return 0
@@ -313,6 +397,13 @@ def run(args: argparse.Namespace) -> int:
     )
     if result["report"]:
         print(format_report(result["report"]))
+    if job["eval"]:
+        ev = job["eval"]
+        print(
+            f"evaluated {ev['forget_split']} every {ev['every_steps']} steps: "
+            f"{job['out'] / 'eval' / 'eval_history.jsonl'}; best by {ev['criterion']} ({ev['mode']}): "
+            f"{job['out'] / 'eval' / 'best'}"
+        )
     return 0
 
 
