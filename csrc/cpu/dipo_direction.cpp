@@ -49,8 +49,9 @@ at::Tensor dipo_direction_cpu_(const at::Tensor& ref_logits, const std::optional
   const auto tau = threshold ? threshold->contiguous() : at::Tensor();
   UNLEARNX_DISPATCH_LOGITS(ref_logits.scalar_type(), "dipo_direction_cpu_", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    run_rows<DipoDirectionRows, scalar_t, acc_t>(rows, ref_logits.data_ptr<scalar_t>(), tau.defined() ? tau.const_data_ptr<acc_t>() : nullptr,
-                                                 static_cast<acc_t>(shift), V, offset.data_ptr<acc_t>());
+    run_rows<DipoDirectionRows, scalar_t, acc_t>(rows, ref_logits.data_ptr<scalar_t>(),
+        tau.defined() ? tau.const_data_ptr<acc_t>() : nullptr, static_cast<acc_t>(shift), V,
+        offset.data_ptr<acc_t>());
   });
   return offset;
 }

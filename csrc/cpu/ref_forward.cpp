@@ -64,9 +64,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ref_stats
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t* t = target_c.const_data_ptr<int64_t>();
     check_targets_in_range(t, rows, V);
-    run_rows<RefRows, scalar_t, acc_t>(rows, logits.const_data_ptr<scalar_t>(), ref_logits.const_data_ptr<scalar_t>(), t,
-                                       V, lse.data_ptr<acc_t>(), ref_lse.data_ptr<acc_t>(), logp.data_ptr<acc_t>(),
-                                       ref_logp.data_ptr<acc_t>(), kl.data_ptr<acc_t>());
+    run_rows<RefRows, scalar_t, acc_t>(rows, logits.const_data_ptr<scalar_t>(), ref_logits.const_data_ptr<scalar_t>(),
+        t, V, lse.data_ptr<acc_t>(), ref_lse.data_ptr<acc_t>(), logp.data_ptr<acc_t>(), ref_logp.data_ptr<acc_t>(),
+        kl.data_ptr<acc_t>());
   });
   return {lse, ref_lse, logp, ref_logp, kl};
 }

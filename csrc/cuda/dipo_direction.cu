@@ -1,6 +1,6 @@
 // CUDA DiPO direction kernel: one block per reference row; a max pass, one pass for the sums
-// inside and outside the top set H (entries >= threshold; without one, the row's maximum), then r <- g = q+ - q- in place and
-// <g, r> out.
+// inside and outside the top set H (entries >= threshold; without one, the row's maximum),
+// then r <- g = q+ - q- in place and <g, r> out.
 #include <limits>
 
 #include "block_reduce.cuh"
@@ -50,8 +50,9 @@ at::Tensor UNLX_DEVICE_FN_(dipo_direction)(const at::Tensor& ref_logits, const s
   const auto tau = threshold ? threshold->contiguous() : at::Tensor();
   UNLEARNX_DISPATCH_LOGITS(ref_logits.scalar_type(), "dipo_direction", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    device::launch(dipo_direction_kernel<scalar_t, acc_t>, row_blocks(ref_logits.size(0)), kRowThreads, ref_logits.data_ptr<scalar_t>(), tau.defined() ? tau.const_data_ptr<acc_t>() : nullptr, static_cast<acc_t>(shift), ref_logits.size(0),
-        ref_logits.size(1), offset.data_ptr<acc_t>());
+    device::launch(dipo_direction_kernel<scalar_t, acc_t>, row_blocks(ref_logits.size(0)), kRowThreads,
+        ref_logits.data_ptr<scalar_t>(), tau.defined() ? tau.const_data_ptr<acc_t>() : nullptr,
+        static_cast<acc_t>(shift), ref_logits.size(0), ref_logits.size(1), offset.data_ptr<acc_t>());
   });
   return offset;
 }

@@ -39,7 +39,8 @@ void UNLX_DEVICE_FN_(logprob_grad)(const at::Tensor& logits, const at::Tensor& t
   const auto coef_c = coef.contiguous();
   UNLEARNX_DISPATCH_LOGITS(logits.scalar_type(), "logprob_grad", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    device::launch(logprob_grad_kernel<scalar_t, acc_t>, elementwise_grid(rows, V), kRowThreads, logits.data_ptr<scalar_t>(), target_c.const_data_ptr<int64_t>(), lse_c.const_data_ptr<acc_t>(),
+    device::launch(logprob_grad_kernel<scalar_t, acc_t>, elementwise_grid(rows, V), kRowThreads,
+        logits.data_ptr<scalar_t>(), target_c.const_data_ptr<int64_t>(), lse_c.const_data_ptr<acc_t>(),
         logp_c.const_data_ptr<acc_t>(), coef_c.const_data_ptr<acc_t>(), rows, V);
   });
 }

@@ -39,7 +39,8 @@ std::tuple<at::Tensor, at::Tensor> UNLX_DEVICE_FN(lse_stats)(const at::Tensor& l
   if (rows == 0) return {lse, logp};
   UNLEARNX_DISPATCH_LOGITS(logits.scalar_type(), "lse_stats", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    device::launch(lse_stats_kernel<scalar_t, acc_t>, row_blocks(rows), kRowThreads, logits.const_data_ptr<scalar_t>(), target_c.const_data_ptr<int64_t>(), rows, V, lse.data_ptr<acc_t>(),
+    device::launch(lse_stats_kernel<scalar_t, acc_t>, row_blocks(rows), kRowThreads,
+        logits.const_data_ptr<scalar_t>(), target_c.const_data_ptr<int64_t>(), rows, V, lse.data_ptr<acc_t>(),
         logp.data_ptr<acc_t>());
   });
   return {lse, logp};

@@ -60,7 +60,8 @@ std::tuple<at::Tensor, at::Tensor> UNLX_DEVICE_FN(max_stats)(const at::Tensor& l
   if (logits.size(0) == 0) return {mx, arg};
   UNLEARNX_DISPATCH_LOGITS(logits.scalar_type(), "max_stats", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    device::launch(max_kernel<scalar_t, acc_t>, row_blocks(logits.size(0)), kRowThreads, logits.const_data_ptr<scalar_t>(), logits.size(0), logits.size(1), mx.data_ptr<acc_t>(),
+    device::launch(max_kernel<scalar_t, acc_t>, row_blocks(logits.size(0)), kRowThreads,
+        logits.const_data_ptr<scalar_t>(), logits.size(0), logits.size(1), mx.data_ptr<acc_t>(),
         arg.data_ptr<int64_t>());
   });
   return {mx, arg};

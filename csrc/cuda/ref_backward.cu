@@ -40,7 +40,8 @@ void UNLX_DEVICE_FN_(ref_grad)(const at::Tensor& logits, const at::Tensor& ref_l
              lpr = ref_logp.contiguous(), ac = a.contiguous(), cc = c.contiguous();
   UNLEARNX_DISPATCH_LOGITS(logits.scalar_type(), "ref_grad", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    device::launch(ref_grad_kernel<scalar_t, acc_t>, elementwise_grid(logits.size(0), logits.size(1)), kRowThreads, logits.data_ptr<scalar_t>(), ref_logits.const_data_ptr<scalar_t>(), t.const_data_ptr<int64_t>(),
+    device::launch(ref_grad_kernel<scalar_t, acc_t>, elementwise_grid(logits.size(0), logits.size(1)), kRowThreads,
+        logits.data_ptr<scalar_t>(), ref_logits.const_data_ptr<scalar_t>(), t.const_data_ptr<int64_t>(),
         lz.const_data_ptr<acc_t>(), lr.const_data_ptr<acc_t>(), lp.const_data_ptr<acc_t>(),
         lpr.const_data_ptr<acc_t>(), ac.const_data_ptr<acc_t>(), cc.const_data_ptr<acc_t>(), logits.size(0),
         logits.size(1));

@@ -1,5 +1,7 @@
-// CUDA statistics of a policy row z and a reference row r: one block per row, a max
-// pass and a sum pass (the row stays in L2 between them).
+// CUDA statistics of a policy row z and a reference row r: one block per row, a max pass and
+// a sum pass. Not one online pass: rescaling the KL cross term as the running maxima move,
+// cross' = e^(m-m') (cross - (m'-m) S), would bring back the cancellation that taking the
+// maxima out of r - z removed (row_math.h; README, "GPU and the SIMT emulation").
 #include <limits>
 
 #include "block_reduce.cuh"
@@ -45,9 +47,8 @@ __global__ void __launch_bounds__(kRowThreads)
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> UNLX_DEVICE_FN(ref_stats)(const at::Tensor& logits,
-                                                                                      const at::Tensor& ref_logits,
-                                                                                      const at::Tensor& target) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> UNLX_DEVICE_FN(ref_stats)(
+    const at::Tensor& logits, const at::Tensor& ref_logits, const at::Tensor& target) {
   check_ref_args(logits, ref_logits, &target, {});
   check_target_values(target, logits.size(1));
   device::Guard guard(logits);
@@ -57,7 +58,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> UNLX_DEVI
   if (logits.size(0) == 0) return {lse, ref_lse, logp, ref_logp, kl};
   UNLEARNX_DISPATCH_LOGITS(logits.scalar_type(), "ref_stats", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    device::launch(ref_stats_kernel<scalar_t, acc_t>, row_blocks(logits.size(0)), kRowThreads, logits.const_data_ptr<scalar_t>(), ref_logits.const_data_ptr<scalar_t>(), target_c.const_data_ptr<int64_t>(),
+    device::launch(ref_stats_kernel<scalar_t, acc_t>, row_blocks(logits.size(0)), kRowThreads,
+        logits.const_data_ptr<scalar_t>(), ref_logits.const_data_ptr<scalar_t>(), target_c.const_data_ptr<int64_t>(),
         logits.size(0), logits.size(1), lse.data_ptr<acc_t>(), ref_lse.data_ptr<acc_t>(), logp.data_ptr<acc_t>(),
         ref_logp.data_ptr<acc_t>(), kl.data_ptr<acc_t>());
   });
