@@ -273,9 +273,20 @@ def test_unlearn_under_torchrun_writes_once_from_the_main_process(job, capsys) -
 
 @needs_data
 def test_unlearn_evaluates_tofu_during_training(job, capsys) -> None:
+    # the evaluation settings from a config file, the rest from flags
+    config = job["out"].parent / "eval.toml"
+    config.write_text(f'eval = "tofu"\neval_every = 1\neval_data = "{DATA}"\neval_split = "forget01"\n')
     argv = _args(job, "--max-steps", "2", "--batch-size", "2", "--lr", "1e-3", "--report-examples", "0")
-    argv += ["--eval", "tofu", "--eval-every", "1", "--eval-data", str(DATA), "--eval-split", "forget01"]
-    argv += ["--eval-limit", "2", "--eval-criterion", "forget/prob", "--eval-mode", "min"]
+    argv += [
+        "--config",
+        str(config),
+        "--eval-limit",
+        "2",
+        "--eval-criterion",
+        "forget/prob",
+        "--eval-mode",
+        "min",
+    ]
     assert main(argv) == 0
     history = [
         json.loads(line) for line in (job["out"] / "eval" / "eval_history.jsonl").read_text().splitlines()

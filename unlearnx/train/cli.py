@@ -14,6 +14,7 @@ from unlearnx.train.methods import METHODS, resolve
 CONFIG_FIELDS = {f.name for f in fields(UnlearnConfig)}
 LR_SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine", "polynomial"]
 FILE_KEYS = {"model", "forget", "retain", "out", "device", "resume"}
+EVAL_KEYS = {"eval", "eval_every", "eval_data", "eval_split", "eval_limit", "eval_criterion", "eval_mode"}
 
 
 def add_parser(sub) -> None:
@@ -140,7 +141,7 @@ def _read_config(path: Path) -> dict:
         data = tomllib.loads(raw.decode()) if path.suffix == ".toml" else json.loads(raw)
     except (OSError, ValueError) as err:
         raise ValueError(f"--config: cannot read {path} ({err})") from err
-    unknown = set(data) - CONFIG_FIELDS - FILE_KEYS - {"method", "retain_term"}
+    unknown = set(data) - CONFIG_FIELDS - FILE_KEYS - EVAL_KEYS - {"method", "retain_term"}
     if unknown:
         raise ValueError(f"--config: unknown settings {sorted(unknown)}")
     return data
@@ -256,7 +257,7 @@ def plan(args: argparse.Namespace) -> dict:
             f"--retain: method {method!r} uses a {retain_term!r} retain term and needs a retain set"
         )
     device, resume = settings.pop("device", None), bool(settings.pop("resume", False))
-    evaluation = _plan_eval({k: settings.pop(k) for k in list(settings) if k.startswith("eval")})
+    evaluation = _plan_eval({k: settings.pop(k) for k in list(settings) if k in EVAL_KEYS})
     _check_sharding_settings(settings)
     config = UnlearnConfig(method=method, hparams=hparams, retain=retain_term, **settings)
     if not (isinstance(config.report_examples, int) and config.report_examples >= 0):
