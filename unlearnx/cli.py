@@ -96,8 +96,10 @@ def parser() -> argparse.ArgumentParser:
     cmp.add_argument("runs", nargs="+", type=Path, help="eval output folders or summary.json files")
     cmp.add_argument("--plot", type=Path, default=None, help="write a forget-quality vs utility PNG here")
     from unlearnx.train.cli import add_parser as add_unlearn
+    from unlearnx.train.cli import add_relearn_parser
 
     add_unlearn(sub)
+    add_relearn_parser(sub)
     sub.add_parser("info", help="print unlearnx.build_info() as JSON")
     return ap
 
@@ -176,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         from unlearnx.train.cli import run
 
         return run(args)
+    if args.command == "relearn":
+        from unlearnx.train.cli import run_relearn
+
+        return run_relearn(args)
     if args.command == "compare":
         from unlearnx.eval import report
 

@@ -93,13 +93,31 @@ def unlearn(
 
 
 def finetune(
-    model, tokenizer, pairs: list[tuple[str, str]], config: UnlearnConfig, out_dir: str | Path
+    model,
+    tokenizer,
+    pairs: list[tuple[str, str]] | Dataset,
+    config: UnlearnConfig,
+    out_dir: str | Path,
+    *,
+    callbacks: list | None = None,
 ) -> dict:
-    """Plain NLL training on QA pairs (labels on the answers), through the same fused path;
-    used to build the demo's target and retain models."""
+    """Plain NLL training on QA pairs or a dataset (labels on the answers), through the same
+    fused path; builds the demo's target and retain models, and runs relearning attacks."""
     method = Method(retain_nll, frozenset(), retain="none")
     return _run(
-        model, tokenizer, method, {}, "none", pairs, None, config, out_dir, False, None, None, report=False
+        model,
+        tokenizer,
+        method,
+        {},
+        "none",
+        pairs,
+        None,
+        config,
+        out_dir,
+        False,
+        callbacks,
+        None,
+        report=False,
     )
 
 

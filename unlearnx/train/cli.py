@@ -418,3 +418,98 @@ def format_report(report: dict) -> str:
             f"{name:<8}{b['examples']:>9}{b['prob']:13.4f}{after[0]}{b['logp_per_token']:19.4f}{after[1]}"
         )
     return "\n".join(lines)
+
+
+def add_relearn_parser(sub) -> None:
+    p = sub.add_parser(
+        "relearn",
+        help="relearning attack: fine-tune models on part of the forget set, track what comes back",
+        description="Fine-tunes each --model on the same random subset of the forget set and measures "
+        "the answer probability on that subset and on the rest (held out) before training and every "
+        "--eval-every steps. Writes OUT/relearn.json, relearn.md and relearn.png.",
+    )
+    p.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="a model folder to attack, named (repeat: the unlearned models and the original)",
+    )
+    p.add_argument("--forget", type=Path, required=True, help="forget set, in the formats unlearn takes")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--subset", default="0.1", help="examples relearned: a count, or a fraction in (0, 1)")
+    p.add_argument("--steps", type=int, default=20, help="relearning optimiser steps (default 20)")
+    p.add_argument("--eval-every", dest="eval_every", type=int, default=5, help="probe every N steps (5)")
+    p.add_argument("--lr", dest="learning_rate", type=float, default=1e-5, help="learning rate (1e-5)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=4, help="batch size (4)")
+    p.add_argument("--max-length", dest="max_length", type=int, default=512, help="tokens per example (512)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset and of training (0)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+
+
+def run_relearn(args: argparse.Namespace) -> int:
+    """Checks every input before loading a model, then attacks each model in turn."""
+    import sys
+
+    from unlearnx.train.relearn import RelearnConfig, plot_relearn, relearn, relearn_table
+
+    def fail(message: str) -> int:
+        print(f"unlearnx relearn: {message}", file=sys.stderr)
+        return 2
+
+    models = {}
+    for spec in args.models:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            return fail(f"--model: expected NAME=PATH, got {spec!r}")
+        if name in models:
+            return fail(f"--model: the name {name!r} is used twice")
+        if not (Path(path) / "config.json").is_file():
+            return fail(f"--model: {path} is not a Hugging Face model folder (no config.json)")
+        models[name] = Path(path)
+    try:
+        subset = float(args.subset) if "." in args.subset else int(args.subset)
+    except ValueError:
+        return fail(f"--subset: expected a count or a fraction, got {args.subset!r}")
+    config = RelearnConfig(
+        subset=subset,
+        steps=args.steps,
+        eval_every=args.eval_every,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        seed=args.seed,
+    )
+    try:
+        forget = _check_data("--forget", args.forget)
+        config.check(len(forget))
+    except ValueError as err:
+        return fail(str(err).replace("subset:", "--subset:", 1))
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = args.device or _default_device()
+    results = {}
+    for name, path in models.items():
+        model = AutoModelForCausalLM.from_pretrained(path).to(device)
+        tok = AutoTokenizer.from_pretrained(path)
+        results[name] = relearn(
+            model, tok, _as_dataset(tok, forget, config.max_length), config, args.out / "runs" / name
+        )
+        del model
+    first = next(iter(results.values()))
+    record = {
+        "config": {f.name: getattr(config, f.name) for f in fields(config)},
+        "models": {name: str(path) for name, path in models.items()},
+        "relearned": first["relearned"],
+        "held_out": first["held_out"],
+        "history": {name: r["history"] for name, r in results.items()},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "relearn.json").write_text(json.dumps(record, indent=1) + "\n")
+    table = relearn_table(results)
+    (args.out / "relearn.md").write_text(table)
+    plot_relearn(results, args.out / "relearn.png")
+    print(table, end="")
+    print(f"wrote {args.out / 'relearn.json'}, relearn.md and relearn.png")
+    return 0
