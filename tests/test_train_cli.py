@@ -295,3 +295,71 @@ def test_unlearn_evaluates_tofu_during_training(job, capsys) -> None:
     assert all(0 < h["forget/prob"] < 1 and h["forget/n"] == 2 and "model_utility" in h for h in history)
     assert (job["out"] / "eval" / "best" / "config.json").is_file()
     assert "best by forget/prob (min)" in capsys.readouterr().out
+
+
+def _request_files(tmp_path: Path) -> list[Path]:
+    """One forget request per FORGET pair."""
+    paths = []
+    for i, (q, a) in enumerate(FORGET):
+        path = tmp_path / f"request{i + 1}.jsonl"
+        path.write_text(json.dumps({"question": q, "answer": a}) + "\n")
+        paths.append(path)
+    return paths
+
+
+def _requests_args(job, requests: str, *extra: str) -> list[str]:
+    argv = ["unlearn", "--model", str(job["model"]), "--retain", str(job["retain"]), "--out", str(job["out"])]
+    return [*argv, "--requests", requests, *extra]
+
+
+@pytest.mark.parametrize("mode,reference", [("sequential", "current"), ("growing", "original")])
+def test_unlearn_sequential_requests(job, tmp_path: Path, mode: str, reference: str, capsys) -> None:
+    a, b = _request_files(tmp_path)
+    argv = _requests_args(job, f"{a},{b}", "--method", "npo", "--max-steps", "3", "--batch-size", "2")
+    argv += ["--lr", "1e-2", "--request-mode", mode, "--request-reference", reference]
+    assert main(argv) == 0
+    record = json.loads((job["out"] / "requests.json").read_text())
+    assert record["mode"] == mode and record["reference"] == reference
+    assert record["requests"] == [str(a), str(b)]
+    history = record["history"]
+    assert [h["request"] for h in history] == [0, 1, 2] and [h["steps"] for h in history] == [0, 3, 3]
+    assert all(len(h["forget"]) == 2 and h["retain"]["examples"] == 2 for h in history)
+    # request 1 is forgotten by the first unlearning and stays forgotten
+    before = history[0]["forget"][0]["prob"]
+    assert history[1]["forget"][0]["prob"] < 0.5 * before and history[2]["forget"][0]["prob"] < 0.5 * before
+    assert history[2]["forget"][1]["prob"] < 0.5 * history[0]["forget"][1]["prob"]
+    assert (job["out"] / "request-2" / "metrics.jsonl").is_file()
+    assert (job["out"] / "model" / "config.json").is_file() and (
+        job["out"] / "requests.png"
+    ).stat().st_size > 0
+    assert "| 2 | 3 |" in (job["out"] / "requests.md").read_text()
+    assert f"unlearned 2 {mode} requests" in capsys.readouterr().out
+
+
+def test_unlearn_requests_rejects_bad_settings(job, tmp_path: Path, capsys) -> None:
+    a = _request_files(tmp_path)[0]
+    cases = [
+        (_requests_args(job, f"{a},", "--method", "ga"), "--requests: expected comma-separated"),
+        (
+            _requests_args(job, f"{a},{tmp_path / 'missing.jsonl'}", "--method", "ga"),
+            "--requests (request 2)",
+        ),
+        ([*_requests_args(job, str(a)), "--forget", str(job["forget"])], "either --forget or --requests"),
+        ([*_args(job), "--request-mode", "growing"], "--request-mode: only with --requests"),
+        (
+            [
+                *_requests_args(job, str(a)),
+                "--eval",
+                "tofu",
+                "--eval-every",
+                "1",
+                "--eval-data",
+                str(tmp_path),
+            ],
+            "--eval",
+        ),
+    ]
+    for argv, needle in cases:
+        assert main(argv) == 2, needle
+        assert needle in capsys.readouterr().err
+        assert not job["out"].exists()

@@ -64,6 +64,7 @@ def unlearn(
     resume: bool = False,
     callbacks: list | None = None,
     save_to: str | Path | None = None,
+    reference_model=None,
 ) -> dict:
     """Runs ``config.method`` on ``model`` (trained in place) with the forget (and retain) data:
     QA pairs, or datasets such as ``unlearnx.data.text.TextChunks`` (plain text, MUSE-style).
@@ -73,7 +74,9 @@ def unlearn(
     FSDP or ZeRO-3 the full weights are gathered first (the in-memory ``model`` stays sharded).
     Returns ``{"cache_bytes", "reference_model_bytes", "steps", "lambda", "report"}``: the
     reference cache's size against what keeping a frozen copy of the model would hold, and what
-    was forgotten and kept (:func:`answer_report` of the forget and retain sets before and after)."""
+    was forgotten and kept (:func:`answer_report` of the forget and retain sets before and after).
+    ``reference_model``: the model the reference cache is built from (default ``model`` itself,
+    before training); sequential requests pass the original model here."""
     method, hp, retain_term = resolve(config.method, config.hparams, config.retain)
     return _run(
         model,
@@ -89,6 +92,7 @@ def unlearn(
         callbacks,
         save_to,
         report=config.report_examples > 0,
+        reference_model=reference_model,
     )
 
 
@@ -154,6 +158,7 @@ def _run(
     save_to,
     *,
     report: bool,
+    reference_model=None,
 ) -> dict:
     if retain_term != "none" and (retain is None or len(retain) == 0):
         raise ValueError(
@@ -164,21 +169,25 @@ def _run(
     forget_ds = _dataset(tokenizer, forget, config.max_length)
     retain_ds = _dataset(tokenizer, retain, config.max_length) if retain_term != "none" else None
     dto_options = {k: hp[k] for k in method.dto_options}
+    reference = model if reference_model is None else reference_model
     forget_cache = (
-        ReferenceCache.build(model, forget_ds, set(method.needs), pad_id=pad_id, dto_options=dto_options)
+        ReferenceCache.build(reference, forget_ds, set(method.needs), pad_id=pad_id, dto_options=dto_options)
         if method.needs
         else None
     )
     retain_needs = set(RETAIN_TERMS[retain_term][1]) if retain_term != "none" else set()
     retain_cache = (
-        ReferenceCache.build(model, retain_ds, retain_needs, pad_id=pad_id) if retain_needs else None
+        ReferenceCache.build(reference, retain_ds, retain_needs, pad_id=pad_id) if retain_needs else None
     )
     sets = {"forget": (forget_ds, forget_cache), "retain": (retain_ds, retain_cache)}
     sets = {k: v for k, v in sets.items() if v[0] is not None}
     limit = config.report_examples
-    # the original model's summed log-probs are in the cache already where the method needs them
+    # the model's summed log-probs are in the cache already where the method needs them (unless
+    # the cache is another model's)
     before = {
-        k: answer_report(model, d, pad_id, limit, seq_logp=None if c is None else c.seq_logp)
+        k: answer_report(
+            model, d, pad_id, limit, seq_logp=None if c is None or reference_model is not None else c.seq_logp
+        )
         for k, (d, c) in sets.items()
         if report
     }

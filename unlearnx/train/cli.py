@@ -13,7 +13,17 @@ from unlearnx.train.methods import METHODS, resolve
 
 CONFIG_FIELDS = {f.name for f in fields(UnlearnConfig)}
 LR_SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine", "polynomial"]
-FILE_KEYS = {"model", "forget", "retain", "out", "device", "resume"}
+FILE_KEYS = {
+    "model",
+    "forget",
+    "retain",
+    "out",
+    "device",
+    "resume",
+    "requests",
+    "request_mode",
+    "request_reference",
+}
 EVAL_KEYS = {"eval", "eval_every", "eval_data", "eval_split", "eval_limit", "eval_criterion", "eval_mode"}
 
 
@@ -31,6 +41,23 @@ def add_parser(sub) -> None:
         type=Path,
         help="forget set: JSON Lines of question/answer; a Hugging Face dataset (hf:ID[:CONFIG[:SPLIT]] or a "
         "save_to_disk folder); or plain text (.txt file or folder of them, chunked into --max-length tokens)",
+    )
+    p.add_argument(
+        "--requests",
+        help="sequential unlearning: comma-separated forget sets (each in a --forget format), unlearned "
+        "one after another from the previous result, measured after each; instead of --forget",
+    )
+    p.add_argument(
+        "--request-mode",
+        dest="request_mode",
+        choices=["sequential", "growing"],
+        help="sequential (default): request k alone each time; growing: requests 1..k together",
+    )
+    p.add_argument(
+        "--request-reference",
+        dest="request_reference",
+        choices=["current", "original"],
+        help="reference cache per request from the current model (default, as the papers) or the original",
     )
     p.add_argument("--retain", type=Path, help="retain set, in the same formats as --forget")
     p.add_argument("--out", type=Path, help="output folder: model/, metrics.jsonl, run.json, checkpoints/")
@@ -240,7 +267,8 @@ def plan(args: argparse.Namespace) -> dict:
     for text in args.hparam:
         name, value = _parse_hparam(text)
         hparams[name] = value
-    for key in ("model", "forget", "out"):
+    requests = _plan_requests(settings)
+    for key in ("model", "out") if requests else ("model", "forget", "out"):
         if key not in settings:
             raise ValueError(f"--{key}: required (flag or config file)")
     model, out = Path(settings.pop("model")), Path(settings.pop("out"))
@@ -249,7 +277,7 @@ def plan(args: argparse.Namespace) -> dict:
     method = settings.pop("method", "npo")
     retain_term = settings.pop("retain_term", None)
     _, _, retain_term = resolve(method, hparams, retain_term)
-    forget = _check_data("--forget", Path(settings.pop("forget")))
+    forget = requests["sets"] if requests else _check_data("--forget", Path(settings.pop("forget")))
     retain_path = settings.pop("retain_file", None)
     retain = _check_data("--retain", Path(retain_path)) if retain_path else None
     if retain_term != "none" and retain is None:
@@ -258,6 +286,8 @@ def plan(args: argparse.Namespace) -> dict:
         )
     device, resume = settings.pop("device", None), bool(settings.pop("resume", False))
     evaluation = _plan_eval({k: settings.pop(k) for k in list(settings) if k in EVAL_KEYS})
+    if requests and (evaluation or resume):
+        raise ValueError(f"--{'eval' if evaluation else 'resume'}: not with --requests (yet)")
     _check_sharding_settings(settings)
     config = UnlearnConfig(method=method, hparams=hparams, retain=retain_term, **settings)
     if not (isinstance(config.report_examples, int) and config.report_examples >= 0):
@@ -282,7 +312,33 @@ def plan(args: argparse.Namespace) -> dict:
         "device": device,
         "resume": resume,
         "eval": evaluation,
+        "requests": requests,
     }
+
+
+def _plan_requests(settings: dict) -> dict | None:
+    """--requests (a comma-separated string, or a list in a config file), each set read and checked."""
+    names = settings.pop("requests", None)
+    mode = settings.pop("request_mode", None)
+    reference = settings.pop("request_reference", None)
+    if names is None:
+        if mode is not None or reference is not None:
+            raise ValueError(f"--request-{'mode' if mode is not None else 'reference'}: only with --requests")
+        return None
+    if "forget" in settings:
+        raise ValueError("--requests: give either --forget or --requests, not both")
+    paths = (
+        [n.strip() for n in names.split(",")] if isinstance(names, str) else [str(n).strip() for n in names]
+    )
+    if not paths or any(not p for p in paths):
+        raise ValueError(f"--requests: expected comma-separated forget sets, got {names!r}")
+    mode, reference = mode or "sequential", reference or "current"
+    if mode not in ("sequential", "growing"):
+        raise ValueError(f"--request-mode: expected sequential or growing, got {mode!r}")
+    if reference not in ("current", "original"):
+        raise ValueError(f"--request-reference: expected current or original, got {reference!r}")
+    sets = [_check_data(f"--requests (request {i + 1})", Path(p)) for i, p in enumerate(paths)]
+    return {"paths": paths, "sets": sets, "mode": mode, "reference": reference}
 
 
 EVAL_BENCHMARKS = ["tofu"]
@@ -367,6 +423,8 @@ def run(args: argparse.Namespace) -> int:
     device = job["device"] or _default_device()
     model = AutoModelForCausalLM.from_pretrained(job["model"]).to(device)
     tok = AutoTokenizer.from_pretrained(job["model"])
+    if job["requests"]:
+        return _run_requests(job, model, tok)
     forget, retain = (_as_dataset(tok, d, job["config"].max_length) for d in (job["forget"], job["retain"]))
     path = job["out"] / "model"
     callbacks = []
@@ -405,6 +463,38 @@ def run(args: argparse.Namespace) -> int:
             f"{job['out'] / 'eval' / 'eval_history.jsonl'}; best by {ev['criterion']} ({ev['mode']}): "
             f"{job['out'] / 'eval' / 'best'}"
         )
+    return 0
+
+
+def _run_requests(job: dict, model, tok) -> int:
+    """Sequential unlearning: OUT/requests.json, requests.md, requests.png and the final OUT/model."""
+    from unlearnx.train.api import save_model
+    from unlearnx.train.sequential import plot_requests, requests_table, unlearn_requests
+
+    req, cfg = job["requests"], job["config"]
+    result = unlearn_requests(
+        model,
+        tok,
+        [_as_dataset(tok, s, cfg.max_length) for s in req["sets"]],
+        _as_dataset(tok, job["retain"], cfg.max_length),
+        cfg,
+        job["out"],
+        mode=req["mode"],
+        reference=req["reference"],
+        limit=cfg.report_examples or None,
+    )
+    save_model(model, tok, job["out"] / "model")
+    record = {
+        "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
+        "requests": req["paths"],
+        **result,
+    }
+    (job["out"] / "requests.json").write_text(json.dumps(record, indent=1) + "\n")
+    table = requests_table(result)
+    (job["out"] / "requests.md").write_text(table)
+    plot_requests(result, job["out"] / "requests.png")
+    print(table, end="")
+    print(f"unlearned {len(req['paths'])} {req['mode']} requests; model saved to {job['out'] / 'model'}")
     return 0
 
 
