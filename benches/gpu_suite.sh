@@ -50,6 +50,9 @@ build() {
     command -v nvidia-smi > /dev/null && nvidia-smi
     "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
   } >> "$LOG" 2>&1
+  # pyproject.toml's floor: torch.library.custom_op / register_fake as unlearnx uses them
+  "$PY" -c "import sys, torch; sys.exit(tuple(map(int, torch.__version__.split('+')[0].split('.')[:2])) < (2, 6))" \
+    || { say "build: torch $("$PY" -c 'import torch; print(torch.__version__)' 2>&1) is older than 2.6, which unlearnx needs"; return 1; }
   local arch
   arch=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())") || { say "no usable GPU"; return 1; }
   say "build: for sm_${arch/./}"
