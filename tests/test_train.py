@@ -93,6 +93,8 @@ def test_resolve_rejects_bad_settings() -> None:
         resolve("pdu", retain="none")
     _, hp, retain = resolve("simnpo", {"beta": 1.0})
     assert hp == {"beta": 1.0, "gamma": 0.0} and retain == "nll"
+    # DTO is self-contained (no retain data) unless a retain term is asked for
+    assert resolve("dto")[2] == "none" and resolve("dto", retain="kl")[2] == "kl"
 
 
 @needs_data

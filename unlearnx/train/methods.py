@@ -88,10 +88,13 @@ METHODS: dict[str, Method] = {
     "pdu": Method(
         _flatten, frozenset(), {"lambda0": 100.0, "eta": 5.0, "eps": 0.3, "warmup_steps": 0}, dual=True
     ),
+    # self-contained, as its paper says: no retain data (its KL on the non-target tokens of
+    # the forget set is what keeps utility), so no retain term unless one is asked for
     "dto": Method(
         _dto,
         frozenset({"hidden", "dto_mask"}),
         {"beta": 0.1, "kl_weight": 1.0, "target_ratio": 0.3, "suffix_ratio": 1.0},
+        retain="none",
         dto_options=("target_ratio", "suffix_ratio"),
     ),
 }
