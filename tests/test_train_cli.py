@@ -363,3 +363,34 @@ def test_unlearn_requests_rejects_bad_settings(job, tmp_path: Path, capsys) -> N
         assert main(argv) == 2, needle
         assert needle in capsys.readouterr().err
         assert not job["out"].exists()
+
+
+def test_unlearn_with_lora_saves_the_merged_model_and_the_adapter(job) -> None:
+    from transformers import AutoModelForCausalLM
+
+    argv = _args(job, "--method", "npo", "--max-steps", "3", "--batch-size", "2", "--lr", "1e-2")
+    argv += ["--lora", "--lora-r", "4", "--lora-alpha", "8", "--lora-target-modules", "q_proj,v_proj"]
+    assert main(argv) == 0
+    assert (job["out"] / "adapter" / "adapter_config.json").is_file()
+    adapter = json.loads((job["out"] / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and set(adapter["target_modules"]) == {"q_proj", "v_proj"}
+    base = AutoModelForCausalLM.from_pretrained(job["model"]).state_dict()
+    merged = AutoModelForCausalLM.from_pretrained(job["out"] / "model").state_dict()
+    assert merged.keys() == base.keys()  # a plain model: adapters merged in, no lora_ weights left
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    assert changed and all(".q_proj." in k or ".v_proj." in k for k in changed), changed
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--lora-r", "4"], "--lora-r: only with --lora"),
+        (["--lora", "--lora-r", "0"], "--lora-r: expected a positive int"),
+        (["--lora", "--lora-dropout", "1.0"], "--lora-dropout"),
+        (["--lora", "--lora-target-modules", "q_proj,"], "--lora-target-modules"),
+    ],
+)
+def test_unlearn_rejects_bad_lora_settings(job, extra, needle, capsys) -> None:
+    assert main(_args(job, *extra)) == 2
+    assert needle in capsys.readouterr().err
+    assert not job["out"].exists()

@@ -24,6 +24,7 @@ FILE_KEYS = {
     "request_mode",
     "request_reference",
 }
+LORA_KEYS = {"lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"}
 EVAL_KEYS = {"eval", "eval_every", "eval_data", "eval_split", "eval_limit", "eval_criterion", "eval_mode"}
 
 
@@ -150,6 +151,20 @@ def add_parser(sub) -> None:
         type=Path,
         help="DeepSpeed config JSON file (ZeRO-2/3, offload); needs the deepspeed package and GPUs",
     )
+    lo = p.add_argument_group(
+        "LoRA",
+        "--lora trains low-rank adapters (peft) instead of the weights; OUT/model is the merged model, "
+        "OUT/adapter the adapter alone",
+    )
+    lo.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters (needs peft)")
+    lo.add_argument("--lora-r", dest="lora_r", type=int, help="adapter rank (default 8)")
+    lo.add_argument("--lora-alpha", dest="lora_alpha", type=float, help="scaling alpha (default 16)")
+    lo.add_argument("--lora-dropout", dest="lora_dropout", type=float, help="adapter dropout (default 0)")
+    lo.add_argument(
+        "--lora-target-modules",
+        dest="lora_target_modules",
+        help="comma-separated module names, e.g. q_proj,v_proj (default: all linear layers but the head)",
+    )
 
 
 def _parse_hparam(text: str) -> tuple[str, object]:
@@ -168,7 +183,7 @@ def _read_config(path: Path) -> dict:
         data = tomllib.loads(raw.decode()) if path.suffix == ".toml" else json.loads(raw)
     except (OSError, ValueError) as err:
         raise ValueError(f"--config: cannot read {path} ({err})") from err
-    unknown = set(data) - CONFIG_FIELDS - FILE_KEYS - EVAL_KEYS - {"method", "retain_term"}
+    unknown = set(data) - CONFIG_FIELDS - FILE_KEYS - EVAL_KEYS - LORA_KEYS - {"method", "retain_term"}
     if unknown:
         raise ValueError(f"--config: unknown settings {sorted(unknown)}")
     return data
@@ -286,6 +301,7 @@ def plan(args: argparse.Namespace) -> dict:
         )
     device, resume = settings.pop("device", None), bool(settings.pop("resume", False))
     evaluation = _plan_eval({k: settings.pop(k) for k in list(settings) if k in EVAL_KEYS})
+    lora = _plan_lora({k: settings.pop(k) for k in list(settings) if k in LORA_KEYS})
     if requests and (evaluation or resume):
         raise ValueError(f"--{'eval' if evaluation else 'resume'}: not with --requests (yet)")
     _check_sharding_settings(settings)
@@ -313,7 +329,55 @@ def plan(args: argparse.Namespace) -> dict:
         "resume": resume,
         "eval": evaluation,
         "requests": requests,
+        "lora": lora,
     }
+
+
+def _plan_lora(options: dict) -> dict | None:
+    """The --lora-* settings, checked; peft must be importable."""
+    import importlib.util
+
+    if not options.pop("lora", False):
+        if options:
+            raise ValueError(f"--{next(iter(options)).replace('_', '-')}: only with --lora")
+        return None
+    if importlib.util.find_spec("peft") is None:
+        raise ValueError("--lora: the peft package is not installed (pip install 'unlearnx[lora]')")
+    r, alpha = options.get("lora_r", 8), options.get("lora_alpha", 16.0)
+    dropout, targets = options.get("lora_dropout", 0.0), options.get("lora_target_modules", "all-linear")
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"--lora-r: expected a positive int, got {r!r}")
+    if not (isinstance(alpha, int | float) and alpha > 0):
+        raise ValueError(f"--lora-alpha: expected a positive number, got {alpha!r}")
+    if not (isinstance(dropout, int | float) and 0 <= dropout < 1):
+        raise ValueError(f"--lora-dropout: expected a number in [0, 1), got {dropout!r}")
+    if isinstance(targets, str) and targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",")]
+    if isinstance(targets, list) and (not targets or not all(isinstance(t, str) and t for t in targets)):
+        raise ValueError(f"--lora-target-modules: expected comma-separated module names, got {targets!r}")
+    return {"r": r, "lora_alpha": alpha, "lora_dropout": dropout, "target_modules": targets}
+
+
+def _with_lora(model, lora: dict | None):
+    """``model`` wrapped with LoRA adapters (peft) when asked for."""
+    if lora is None:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    try:
+        return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+    except ValueError as err:  # e.g. target modules the model does not have
+        raise SystemExit(f"unlearnx unlearn: --lora: {err}") from err
+
+
+def _save_result(model, tok, out: Path) -> Path:
+    """OUT/model: the model, LoRA adapters merged in (the adapter alone also goes to OUT/adapter)."""
+    from unlearnx.train.api import save_model
+
+    if hasattr(model, "merge_and_unload"):
+        model.save_pretrained(out / "adapter")
+        model = model.merge_and_unload()
+    return save_model(model, tok, out / "model")
 
 
 def _plan_requests(settings: dict) -> dict | None:
@@ -421,7 +485,7 @@ def run(args: argparse.Namespace) -> int:
     from unlearnx.train.api import unlearn
 
     device = job["device"] or _default_device()
-    model = AutoModelForCausalLM.from_pretrained(job["model"]).to(device)
+    model = _with_lora(AutoModelForCausalLM.from_pretrained(job["model"]).to(device), job["lora"])
     tok = AutoTokenizer.from_pretrained(job["model"])
     if job["requests"]:
         return _run_requests(job, model, tok)
@@ -441,11 +505,14 @@ def run(args: argparse.Namespace) -> int:
         job["config"],
         job["out"],
         resume=job["resume"],
-        save_to=path,
+        # a LoRA model is merged and saved below, by the main process
+        save_to=None if job["lora"] else path,
         callbacks=callbacks,
     )
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return 0
+    if job["lora"]:
+        _save_result(model, tok, job["out"])
     cfg = job["config"]
     run_record = {"config": {f.name: getattr(cfg, f.name) for f in fields(cfg)}, "result": result}
     (job["out"] / "run.json").write_text(json.dumps(run_record, indent=1) + "\n")
@@ -468,7 +535,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_requests(job: dict, model, tok) -> int:
     """Sequential unlearning: OUT/requests.json, requests.md, requests.png and the final OUT/model."""
-    from unlearnx.train.api import save_model
     from unlearnx.train.sequential import plot_requests, requests_table, unlearn_requests
 
     req, cfg = job["requests"], job["config"]
@@ -483,7 +549,7 @@ def _run_requests(job: dict, model, tok) -> int:
         reference=req["reference"],
         limit=cfg.report_examples or None,
     )
-    save_model(model, tok, job["out"] / "model")
+    _save_result(model, tok, job["out"])
     record = {
         "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
         "requests": req["paths"],
