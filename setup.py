@@ -24,26 +24,26 @@ from torch.utils import cpp_extension
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 
 
-def want_cuda() -> bool:
-    flag = os.environ.get("UNLEARNX_CUDA", "auto").lower()
+def wanted(variable: str, available: bool, missing: str) -> bool:
+    """An ``auto|0|1`` build switch: auto builds the part where ``available``, 1 requires it
+    (failing with ``missing`` where it is not), 0 leaves it out."""
+    flag = os.environ.get(variable, "auto").lower()
     if flag not in {"auto", "0", "1"}:
-        raise SystemExit(f"UNLEARNX_CUDA must be auto, 0 or 1, got {flag!r}")
-    available = cpp_extension.CUDA_HOME is not None and cpp_extension.torch.version.cuda is not None
+        raise SystemExit(f"{variable} must be auto, 0 or 1, got {flag!r}")
     if flag == "1" and not available:
-        raise SystemExit("UNLEARNX_CUDA=1 but torch has no CUDA or nvcc (CUDA_HOME) was not found")
+        raise SystemExit(f"{variable}=1 but {missing}")
     return flag == "1" or (flag == "auto" and available)
+
+
+def want_cuda() -> bool:
+    available = cpp_extension.CUDA_HOME is not None and cpp_extension.torch.version.cuda is not None
+    return wanted("UNLEARNX_CUDA", available, "torch has no CUDA or nvcc (CUDA_HOME) was not found")
 
 
 def want_simt() -> bool:
-    """The SIMT emulation of the CUDA kernels (csrc/simt; its fiber switch is x86-64 assembly):
-    built on x86-64 Linux unless ``UNLEARNX_SIMT=0``."""
-    flag = os.environ.get("UNLEARNX_SIMT", "auto").lower()
-    if flag not in {"auto", "0", "1"}:
-        raise SystemExit(f"UNLEARNX_SIMT must be auto, 0 or 1, got {flag!r}")
+    """The SIMT emulation of the CUDA kernels (csrc/simt; its fiber switch is x86-64 assembly)."""
     available = platform.system() == "Linux" and platform.machine() in {"x86_64", "AMD64"}
-    if flag == "1" and not available:
-        raise SystemExit(f"UNLEARNX_SIMT=1 but the SIMT shim needs x86-64 Linux, not {platform.platform()}")
-    return flag == "1" or (flag == "auto" and available)
+    return wanted("UNLEARNX_SIMT", available, f"the SIMT shim needs x86-64 Linux, not {platform.platform()}")
 
 
 def extension():

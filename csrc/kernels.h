@@ -5,6 +5,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
 
@@ -38,6 +39,21 @@ inline void check_logits_target(const at::Tensor& logits, const at::Tensor& targ
                     logits.size(0), "], got ", target.sizes());
   TORCH_CHECK_VALUE(target.device() == logits.device(), "target: on ", target.device(), ", logits on ",
                     logits.device());
+  // Values in [0, V), on every device before any kernel runs: a bad one is an IndexError, never
+  // a device-side assert (which would leave the CUDA context unusable). On CUDA this costs one
+  // device-to-host copy of a flag per call; the CUDA kernels keep their assert as a second line.
+  const int64_t V = logits.size(1);
+  if (target.numel() == 0) return;
+  const at::Tensor bad = target.lt(0).logical_or_(target.ge(V));
+  if (!bad.any().item<bool>()) return;
+  const int64_t row = bad.nonzero().select(1, 0).select(0, 0).item<int64_t>();
+  TORCH_CHECK_INDEX(false, "target: value ", target.select(0, row).item<int64_t>(), " at row ", row,
+                    " is outside [0, ", V, ")");
+}
+
+// A per-row output in the accumulation type of the logits.
+inline at::Tensor acc_empty(const at::Tensor& logits) {
+  return at::empty({logits.size(0)}, logits.options().dtype(acc_dtype(logits.scalar_type())));
 }
 
 inline void check_row_vector(const at::Tensor& t, const char* name, const at::Tensor& logits) {

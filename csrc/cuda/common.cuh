@@ -1,9 +1,8 @@
-// Helpers shared by the CUDA row kernels: device, launch shapes, outputs, target checks.
+// Helpers shared by the CUDA row kernels: device and launch shapes.
 #pragma once
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/ops/empty.h>
 
 #include <algorithm>
 
@@ -27,22 +26,6 @@ inline int row_blocks(int64_t rows) { return static_cast<int>(std::clamp<int64_t
 inline dim3 elementwise_grid(int64_t rows, int64_t V) {
   return dim3(static_cast<unsigned>(std::min<int64_t>((V + kRowThreads - 1) / kRowThreads, 64)),
               static_cast<unsigned>(std::clamp<int64_t>(rows, 1, kMaxGridRows)));
-}
-
-inline at::Tensor acc_empty(const at::Tensor& logits) {
-  return at::empty({logits.size(0)}, logits.options().dtype(acc_dtype(logits.scalar_type())));
-}
-
-// Targets in [0, V), checked before a launch so that a bad one raises IndexError like the CPU
-// ops do instead of a device-side assert, which would leave the CUDA context unusable. One
-// device-to-host copy of a flag per call; the kernels keep their assert as a second line.
-inline void check_target_values(const at::Tensor& target, int64_t V) {
-  if (target.numel() == 0) return;
-  const at::Tensor bad = target.lt(0).logical_or_(target.ge(V));
-  if (!bad.any().item<bool>()) return;
-  const int64_t row = bad.nonzero().select(1, 0).select(0, 0).item<int64_t>();
-  TORCH_CHECK_INDEX(false, "target: value ", target.select(0, row).item<int64_t>(), " at row ", row,
-                    " is outside [0, ", V, ")");
 }
 
 }  // namespace unlearnx

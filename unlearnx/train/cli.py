@@ -411,13 +411,13 @@ _EVAL_SPLITS = ("retain_perturbed", "real_authors_perturbed", "world_facts_pertu
 
 def _plan_eval(options: dict) -> dict | None:
     """The --eval-* settings, checked (the data's files included) before any model loads."""
-    from unlearnx.eval.tofu import FORGET_SPLITS
-
     benchmark = options.pop("eval", None)
     if benchmark is None:
         if options:
             raise ValueError(f"--{next(iter(options)).replace('_', '-')}: only with --eval")
         return None
+    from unlearnx.eval.tofu import FORGET_SPLITS
+
     if benchmark not in EVAL_BENCHMARKS:
         raise ValueError(f"--eval: expected one of {EVAL_BENCHMARKS}, got {benchmark!r}")
     every = options.pop("eval_every", None)

@@ -52,13 +52,15 @@ def unlearn_requests(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     original = copy.deepcopy(model).eval() if reference == "original" else None
 
+    def report(dataset) -> dict:
+        return answer_report(model, dataset, pad_id, len(dataset) if limit is None else limit)
+
     def measure(k: int, steps: int) -> dict:
-        n = limit or 10**12
         return {
             "request": k,
             "steps": steps,
-            "forget": [answer_report(model, s, pad_id, n) for s in sets],
-            "retain": None if retain_set is None else answer_report(model, retain_set, pad_id, n),
+            "forget": [report(s) for s in sets],
+            "retain": None if retain_set is None else report(retain_set),
         }
 
     history = [measure(0, 0)]
