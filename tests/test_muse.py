@@ -1,143 +1,130 @@
-"""MUSE-style metrics against direct computations, on synthetic text with a tiny model."""
+"""MUSE: the published data layout, open-unlearning's metric formulas (against numbers OU's own
+code produced on the same data and model), the pieces against direct computations, and bad
+layouts."""
 
 from __future__ import annotations
 
-import math
-import random
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from tests.test_eval import _lcs
-from unlearnx.data.tokenizer import build_word_tokenizer
-from unlearnx.eval import metrics, muse
-from unlearnx.models import tiny_llama
+from tests.helpers.muse_data import muse_rows, tokenizer_and_model, write_muse
+from unlearnx.data import muse as muse_data
+from unlearnx.data.template import TEMPLATES, encode_completion
+from unlearnx.eval import muse
 
-WORDS = [
-    "the",
-    "a",
-    "river",
-    "town",
-    "author",
-    "wrote",
-    "many",
-    "novels",
-    "about",
-    "old",
-    "maps",
-    "and",
-    "quiet",
-    "harbours",
-    "in",
-    "winter",
-]
+GOLDEN = json.loads((Path(__file__).parent / "data" / "ou_muse_golden.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def lm():
-
-    rng = random.Random(0)
-    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(12, 30))) for _ in range(6)]
-    tok = build_word_tokenizer(WORDS)
-    return (
-        tiny_llama(len(tok), heads=2, seed=1).eval(),
-        tok,
-        texts,
-    )
+def setup(tmp_path_factory):
+    root = write_muse(tmp_path_factory.mktemp("muse"))
+    tok, model = tokenizer_and_model()
+    return root, tok, model
 
 
-def _direct_logps(model, tok, text: str) -> torch.Tensor:
-    ids = torch.tensor([tok(text)["input_ids"]])
-    with torch.no_grad():
-        logp = model(input_ids=ids).logits[0, :-1].double().log_softmax(-1)
-    return logp.gather(1, ids[0, 1:, None]).squeeze(1)
+@pytest.fixture(scope="module")
+def evaluated(setup):
+    root, tok, model = setup
+    return muse.evaluate_muse(model, tok, root, template=TEMPLATES["qa-tags"], metrics=muse.METRICS)
 
 
-def test_rouge_l_f1() -> None:
-    assert metrics.rouge_l_f1("the cat sat", "the cat sat on the mat") == pytest.approx(2 * 3 / (3 + 6))
-    assert metrics.rouge_l_f1("", "x") == 0.0
-    for pred, ref in (("a b c d", "b d a"), ("a a b", "a b b a")):
-        lcs = _lcs(pred.split(), ref.split())
-        assert metrics.rouge_l_f1(pred, ref) == pytest.approx(
-            2 * lcs / (len(pred.split()) + len(ref.split()))
-        )
+@pytest.mark.parametrize("metric", muse.METRICS)
+def test_every_metric_equals_open_unlearnings(evaluated, metric) -> None:
+    """OU commit and procedure in tests/data/ou_muse_golden.json; per example where OU logs one."""
+    summary, logs = evaluated
+    want = GOLDEN["metrics"][metric]
+    assert summary[metric] == pytest.approx(want["agg_value"], rel=1e-6, abs=1e-9)
+    per = want.get("value_by_index")
+    if metric == "mia_min_k":
+        for access in ("forget", "holdout"):
+            got = [v["score"] for v in logs[metric][access]["value_by_index"].values()]
+            ref = [v["score"] for v in want[access]["value_by_index"].values()]
+            assert got == pytest.approx(ref, rel=1e-5)
+    elif per is not None:
+        got = list(logs[metric]["value_by_index"].values())
+        assert len(got) == len(per)
+        for g, w in zip(got, per.values(), strict=True):
+            if "generation" in w:
+                assert (g["generation"], g["ground_truth"]) == (w["generation"], w["ground_truth"])
+                assert g["rougeL_f1"] == pytest.approx(w["rougeL_f1"])
+            else:
+                assert g["score"] == pytest.approx(w["score"], rel=1e-6)
 
 
-def test_token_logprobs_and_min_k(lm) -> None:
-    model, tok, texts = lm
-    got = muse.token_logprobs(model, tok, texts, batch_size=4)
-    for g, text in zip(got, texts, strict=True):
-        torch.testing.assert_close(g.double(), _direct_logps(model, tok, text), rtol=1e-5, atol=1e-5)
-    scores = muse.min_k_scores(model, tok, texts, k=0.25)
-    for s, text in zip(scores, texts, strict=True):
-        lp = sorted(_direct_logps(model, tok, text).tolist())
-        n = math.ceil(0.25 * len(lp))
-        assert float(s) == pytest.approx(sum(lp[:n]) / n, rel=1e-5)
+def test_the_golden_numbers_are_not_degenerate() -> None:
+    """The fixture model memorised the forget side only partly, so each metric is informative."""
+    agg = {k: v["agg_value"] for k, v in GOLDEN["metrics"].items()}
+    assert GOLDEN["commit"] == "d3d7cf9" or GOLDEN["commit"].startswith("d3d7cf9")
+    assert agg["forget_knowmem_ROUGE"] > agg["retain_knowmem_ROUGE"] > 0
+    assert 0 < agg["extraction_strength"] < 1 and 0 < agg["exact_memorization"] < 1
+    assert 0.5 < agg["mia_min_k"] < 1 and agg["privleak"] < 0
+
+
+def test_min_k_extraction_privleak_directly(setup) -> None:
+    _, tok, model = setup
+    texts = [r["text"] for r in muse_rows()["privleak"]["forget"]]
+    items = [encode_completion(tok, "", t) for t in texts]
+    for (logp, argmax, labels), t in zip(muse.labelled_predictions(model, tok, items), texts, strict=True):
+        ids = torch.tensor([tok(t)["input_ids"]])
+        with torch.no_grad():
+            full = model(input_ids=ids).logits[0, :-1].double().log_softmax(-1)
+        want = full.gather(1, ids[0, 1:, None]).squeeze(1)[:-1]  # the last labelled token is left out
+        torch.testing.assert_close(logp.double(), want, rtol=1e-5, atol=1e-5)
+        assert torch.equal(argmax, full.argmax(-1)[:-1]) and torch.equal(labels, ids[0, 1:-1])
+        lp = sorted(want.tolist())
+        n = max(1, int(0.4 * len(lp)))
+        assert muse.min_k_score(logp, 0.4) == pytest.approx(-sum(lp[:n]) / n, rel=1e-5)
+    assert muse.extraction_strength(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 3])) == 1.0
+    assert muse.extraction_strength(torch.tensor([9, 2, 3]), torch.tensor([1, 2, 3])) == pytest.approx(2 / 3)
+    assert muse.extraction_strength(torch.tensor([1, 2, 9]), torch.tensor([1, 2, 3])) == pytest.approx(1 / 3)
+    assert muse.privleak(0.5) == 0 and muse.privleak(0.75, 0.5) == pytest.approx(-50)
     with pytest.raises(ValueError, match="k"):
-        muse.min_k_scores(model, tok, texts, k=0.0)
+        muse.min_k_score(torch.zeros(3), 0.0)
+    with pytest.raises(ValueError, match="auc_reference"):
+        muse.privleak(0.5, 1.5)
 
 
-def test_auc_and_privleak() -> None:
+def test_auc_counts_ties_as_half() -> None:
     members, others = [0.9, 0.5, 0.5, 0.1], [0.5, 0.2, 0.0]
     wins = sum((m > o) + 0.5 * (m == o) for m in members for o in others)
     assert muse.auc(torch.tensor(members), torch.tensor(others)) == pytest.approx(wins / 12)
-    assert muse.auc(torch.tensor([1.0]), torch.tensor([1.0])) == 0.5
-    assert muse.privleak(0.6, 0.5) == pytest.approx(20.0)
-    with pytest.raises(ValueError, match="auc_retrain"):
-        muse.privleak(0.5, 0.0)
 
 
-def test_verbmem_and_knowmem_score_greedy_generations(lm) -> None:
-    model, tok, texts = lm
-    scores = muse.verbmem(model, tok, texts, prefix_tokens=5, max_new_tokens=6, batch_size=4)
-    for s, text in zip(scores, texts, strict=True):
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        gen = model.generate(
-            input_ids=torch.tensor([ids[:5]]),
-            do_sample=False,
-            max_new_tokens=6,
-            pad_token_id=tok.pad_token_id,
-        )
-        pred = tok.decode(gen[0, 5:], skip_special_tokens=True)
-        assert s == pytest.approx(metrics.rouge_l_f1(pred, tok.decode(ids[5:11], skip_special_tokens=True)))
-    with pytest.raises(ValueError, match="prefix_tokens"):
-        muse.verbmem(model, tok, ["the river"], prefix_tokens=5)
-    km = muse.knowmem(model, tok, ["who wrote many novels"], ["the author"], max_new_tokens=4)
-    assert len(km) == 1 and 0.0 <= km[0] <= 1.0
-
-
-def test_extraction_strength_matches_materialised_argmax(lm) -> None:
-    model, tok, texts = lm
-    got = muse.extraction_strength(model, tok, texts)
-    for es, text in zip(got, texts, strict=True):
-        ids = torch.tensor([tok(text)["input_ids"]])
-        with torch.no_grad():
-            right = (model(input_ids=ids).logits[0, :-1].argmax(-1) == ids[0, 1:]).tolist()
-        n = len(right)
-        k = min((k for k in range(n + 1) if all(right[k:])), default=n)
-        assert es == pytest.approx(1 - k / n)
-
-
-def test_evaluate_muse_summary(lm) -> None:
-    model, tok, texts = lm
-    summary = muse.evaluate_muse(
-        model,
-        tok,
-        forget_texts=texts[:3],
-        holdout_texts=texts[3:],
-        forget_qa=[("who wrote", "the author")],
-        retain_qa=[],
-        retain_auc=0.5,
-        prefix_tokens=4,
-        max_new_tokens=4,
+def test_retain_logs_give_privleak_its_reference(setup, tmp_path) -> None:
+    root, tok, model = setup
+    logs = tmp_path / "MUSE_EVAL.json"
+    logs.write_text(json.dumps({"mia_min_k": {"agg_value": 0.7}}))
+    assert muse.retain_reference_auc(logs) == 0.7
+    summary, _ = muse.evaluate_muse(
+        model, tok, root, template=TEMPLATES["qa-tags"], metrics=["privleak"], retain_auc=0.7
     )
-    members = muse.min_k_scores(model, tok, texts[:3])
-    nonmembers = muse.min_k_scores(model, tok, texts[3:])
-    assert summary["mink_auc"] == pytest.approx(muse.auc(members, nonmembers))
-    assert summary["privleak"] == pytest.approx(muse.privleak(summary["mink_auc"], 0.5))
-    assert summary["knowmem_retain"] is None and 0 <= summary["verbmem"] <= 1
-    assert summary["extraction_strength"] == pytest.approx(
-        sum(muse.extraction_strength(model, tok, texts[:3])) / 3
-    )
-    with pytest.raises(ValueError, match="holdout_texts"):
-        muse.evaluate_muse(model, tok, forget_texts=texts, holdout_texts=[], forget_qa=[], retain_qa=[])
+    assert summary["privleak"] == pytest.approx(GOLDEN["metrics"]["privleak_ref_0.7"]["agg_value"])
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="mia_min_k"):
+        muse.retain_reference_auc(tmp_path / "bad.json")
+
+
+def test_layout_errors_name_what_is_missing(tmp_path) -> None:
+    root = write_muse(tmp_path / "m")
+    muse_data.check_source(root)
+    (root / "knowmem" / "retain_qa_icl.jsonl").unlink()
+    (root / "verbmem" / "forget.jsonl").write_text(json.dumps({"prompt": "a"}) + "\n")
+    with pytest.raises(ValueError) as err:
+        muse_data.check_source(root)
+    assert "knowmem/retain_qa_icl" in str(err.value) and "lacks columns ['gt']" in str(err.value)
+    with pytest.raises(ValueError, match="unknown configuration 'bogus'"):
+        muse_data.load_rows(root, "bogus", "forget")
+    with pytest.raises(ValueError, match="metrics: unknown"):
+        muse.evaluate_muse(None, None, root, template=TEMPLATES["qa-tags"], metrics=["nope"])
+
+
+def test_hub_parquet_names_are_read(tmp_path) -> None:
+    import datasets
+
+    rows = muse_rows()["raw"]["forget"]
+    (tmp_path / "raw").mkdir()
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "raw" / "forget-00000-of-00001.parquet"))
+    assert muse_data.load_rows(f"hf:{tmp_path}", "raw", "forget") == rows

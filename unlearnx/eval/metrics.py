@@ -99,9 +99,3 @@ def rouge_l_recall(prediction: str, reference: str) -> float:
     """ROUGE-L recall: LCS / reference words. 0 for an empty reference."""
     lcs, _, n_ref = _lcs_words(prediction, reference)
     return lcs / n_ref if n_ref else 0.0
-
-
-def rouge_l_f1(prediction: str, reference: str) -> float:
-    """ROUGE-L F1: harmonic mean of LCS / prediction words and LCS / reference words."""
-    lcs, n_pred, n_ref = _lcs_words(prediction, reference)
-    return 2 * lcs / (n_pred + n_ref) if lcs else 0.0

@@ -1,70 +1,191 @@
-"""MUSE-style metrics (Shi et al. 2024) on raw text, through the fused kernels.
+"""MUSE metrics (Shi et al. 2024) as open-unlearning computes them (OU commit d3d7cf9,
+``configs/eval/muse*.yaml``, ``src/evals/metrics``), through the fused forward-only kernels
+(no ``[tokens, V]`` logits for the likelihood metrics).
 
-- ``verbmem``: greedy continuation of each text's first ``prefix_tokens`` tokens, scored by
-  ROUGE-L F1 against the true continuation (same length in tokens).
-- ``knowmem``: greedy answers to questions, ROUGE-L F1 against the gold answers (zero-shot;
-  MUSE's own prompts add few-shot examples).
-- ``min_k_scores``: Min-K% Prob membership score of each text, the mean of its ``k`` fraction
-  of lowest token log-probs (higher: more likely seen in training).
-- ``auc``: ROC AUC of member vs non-member scores (ties count one half); ``privleak`` =
-  ``(AUC_unlearned - AUC_retrain) / AUC_retrain * 100`` with AUCs of forget vs holdout texts.
-- ``extraction_strength``: ``1 - k/n`` for the shortest prefix length ``k`` after which the
-  model's teacher-forced greedy predictions reproduce the rest of the ``n`` target tokens;
-  the argmax comes from the fused max kernel, not from materialised logits.
+Metric names and meanings are OU's:
+
+- ``forget_knowmem_ROUGE`` / ``retain_knowmem_ROUGE``: ROUGE-L F1 (``rouge_score``, Porter
+  stemmer) of the greedy answer to each ``knowmem`` question, asked after all the split's
+  in-context examples (``*_qa_icl``) in the model's template; at most 32 new tokens, cut at
+  ``"\\n\\n"``, ``"\\nQuestion"``, ``"Question:"`` and EOS.
+- ``forget_verbmem_ROUGE``: ROUGE-L F1 of the greedy continuation (128 new tokens) of each
+  ``verbmem`` prompt against its ``gt``.
+- ``mia_min_k``: ROC AUC of the Min-K% Prob attack (``k = 0.4``) separating ``privleak``
+  forget texts (members) from holdout texts; 1 when forget texts are much more likely.
+  A text's score is ``-mean`` of its ``max(1, floor(k n))`` lowest token log-probs, over its
+  labelled tokens except the last (OU's ``tokenwise_logprobs``).
+- ``privleak``: ``((1 - AUC) - (1 - AUC_ref)) / (1 - AUC_ref) * 100``, ``AUC_ref`` the retain
+  model's ``mia_min_k`` (from its ``MUSE_EVAL.json``) or 0.5 without one. Negative: the
+  forget set still looks like training data; near 0: like a model never trained on it.
+- ``extraction_strength``: per ``verbmem`` example ``1 - k/n``, ``n`` labelled ``gt`` tokens
+  (the last excluded), ``k`` the first position from which the teacher-forced greedy
+  predictions equal the rest; OU's loop leaves ``k = n - 1`` when none does, so a wrong last
+  token scores ``1/n``. The argmax comes from the fused max kernel.
+- ``exact_memorization`` (on request): fraction of those ``n`` tokens predicted right.
 """
 
 from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from unlearnx import functional
 from unlearnx._ops import flatten_margins
-from unlearnx.eval.metrics import greedy_continue, greedy_generate, lm_head, rouge_l_f1
+from unlearnx.data import muse as muse_data
+from unlearnx.data.template import IGNORE_INDEX, Template, encode_chat, encode_completion
+from unlearnx.eval.metrics import lm_head
 from unlearnx.integrations.transformers import hidden_states
 
+KNOWMEM_STOPWORDS = ("\n\n", "\nQuestion", "Question:")
+DEFAULT_METRICS = (
+    "forget_knowmem_ROUGE",
+    "retain_knowmem_ROUGE",
+    "forget_verbmem_ROUGE",
+    "privleak",
+    "extraction_strength",
+)
+"""OU's ``configs/eval/muse.yaml`` defaults."""
+OPTIONAL_METRICS = ("exact_memorization", "mia_min_k")
+METRICS = DEFAULT_METRICS + OPTIONAL_METRICS
 
-def _encode_texts(tokenizer, texts: list[str], max_length: int) -> tuple[Tensor, Tensor]:
-    rows = [tokenizer(t)["input_ids"][:max_length] for t in texts]
+logging.getLogger("absl").setLevel(logging.WARNING)  # rouge_score logs every call
+
+
+def rouge_scores(generation: str, ground_truth: str) -> dict[str, float]:
+    """OU's scores: ``rouge1_recall``, ``rougeL_f1``, ``rougeL_recall`` (``rouge_score`` with
+    the Porter stemmer)."""
+    from rouge_score import rouge_scorer
+
+    s = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True).score(ground_truth, generation)
+    return {
+        "rouge1_recall": s["rouge1"].recall,
+        "rougeL_f1": s["rougeL"].fmeasure,
+        "rougeL_recall": s["rougeL"].recall,
+    }
+
+
+def _pad(rows: Sequence[list[int]], value: int, *, left: bool = False) -> Tensor:
     width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
-@torch.no_grad()
-def token_logprobs(
-    model, tokenizer, texts: list[str], *, max_length: int = 2048, batch_size: int = 8
-) -> list[Tensor]:
-    """Per text, the log-probability of each of its tokens after the first (fp32, CPU)."""
-    device = next(model.parameters()).device
-    weight, bias = lm_head(model)
-    out: list[Tensor] = []
-    for start in range(0, len(texts), batch_size):
-        ids, mask = _encode_texts(tokenizer, texts[start : start + batch_size], max_length)
-        ids, mask = ids.to(device), mask.to(device)
-        hidden = hidden_states(model, ids, mask)
-        target = torch.where(mask[:, 1:] == 1, ids[:, 1:], -100)
-        logp = functional.token_logprobs(hidden[:, :-1], weight, target, bias=bias).float().cpu()
-        out += [lp[m == 1] for lp, m in zip(logp, mask[:, 1:].cpu(), strict=True)]
+        if r:
+            (out[i, width - len(r) :] if left else out[i, : len(r)]).copy_(torch.tensor(r))
     return out
 
 
-def min_k_scores(model, tokenizer, texts: list[str], *, k: float = 0.4, **kw) -> Tensor:
-    """``(B,)`` Min-K% Prob: mean of the ``ceil(k * n)`` lowest token log-probs of each text."""
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+class _StopWords:
+    """Stops a sequence once its decoded generation holds a stopword (the text is cut there
+    afterwards, so stopping earlier or later gives the same result; this only saves time).
+    transformers' ``stop_strings`` needs a BPE-like vocabulary; this works with any tokenizer."""
+
+    def __init__(self, tokenizer, stopwords: Sequence[str], start: int) -> None:
+        self.tokenizer, self.stopwords, self.start = tokenizer, list(stopwords), start
+
+    def __call__(self, input_ids: Tensor, scores, **kwargs) -> Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start :])
+        done = [any(w in t for w in self.stopwords) for t in texts]
+        return torch.tensor(done, device=input_ids.device)
+
+
+@torch.no_grad()
+def generation_scores(
+    model,
+    tokenizer,
+    items: Sequence[dict[str, list[int]]],
+    *,
+    max_new_tokens: int,
+    stopwords: Sequence[str] = (),
+    batch_size: int = 8,
+    desc: str = "generating",
+) -> list[dict]:
+    """OU's ``eval_text_similarity`` on encoded items (``for_generation=True``): left-padded
+    batches, attention masked wherever ``input_ids == pad`` (OU's collator), greedy
+    generation, text cut at EOS and ``stopwords``, ROUGE against the labels' text minus the
+    prompt's. One dict per item: :func:`rouge_scores` plus input, ground truth, generation."""
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    pad = _pad_id(tokenizer)
+    cut = [tokenizer.decode([tokenizer.eos_token_id]), *stopwords]
+    out = []
+    for start in tqdm(range(0, len(items), batch_size), desc=desc, leave=False):
+        batch = items[start : start + batch_size]
+        ids = _pad([it["input_ids"] for it in batch], pad, left=True).to(device)
+        kw = {"stopping_criteria": [_StopWords(tokenizer, stopwords, ids.shape[1])]} if stopwords else {}
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=(ids != pad).long(),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.eos_token_id,
+            **kw,
+        )
+        texts = tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
+        inputs = tokenizer.batch_decode(ids, skip_special_tokens=True)
+        for it, text, prompt in zip(batch, texts, inputs, strict=True):
+            for word in cut:
+                if word and word in text:
+                    text = text.split(word)[0]
+            full = tokenizer.decode([t for t in it["labels"] if t != IGNORE_INDEX], skip_special_tokens=True)
+            truth = full.replace(prompt, "").strip()
+            text = text.strip()
+            out.append(
+                {**rouge_scores(text, truth), "input": prompt, "ground_truth": truth, "generation": text}
+            )
+    return out
+
+
+@torch.no_grad()
+def labelled_predictions(
+    model, tokenizer, items: Sequence[dict[str, list[int]]], *, batch_size: int = 8
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Per item ``(logp, argmax, labels)`` over its labelled tokens except the last (OU's
+    ``tokenwise_logprobs``): the log-probability of each such token, the model's greedy
+    prediction there, and the token. Fused kernels, right-padded batches (fp32, CPU)."""
+    device = next(model.parameters()).device
+    weight, bias = lm_head(model)
+    pad = _pad_id(tokenizer)
+    out = []
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        ids = _pad([it["input_ids"] for it in batch], pad).to(device)
+        labels = _pad([it["labels"] for it in batch], IGNORE_INDEX).to(device)
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        for i in range(len(batch)):
+            where = (labels[i] != IGNORE_INDEX).nonzero().flatten()[:-1]
+            keep[i, where] = True
+        keep[:, 0] = False  # position 0 has nothing before it
+        target = torch.where(keep, ids, IGNORE_INDEX)[:, 1:]
+        hidden = hidden_states(model, ids, (ids != pad).long())[:, :-1]
+        logp = functional.token_logprobs(hidden, weight, target, bias=bias).float()
+        _, argmax = flatten_margins(
+            hidden.reshape(-1, hidden.shape[-1]), weight, bias, target.reshape(-1), -100, None
+        )
+        argmax = argmax.reshape(target.shape)
+        for i in range(len(batch)):
+            m = target[i] != IGNORE_INDEX
+            out.append((logp[i][m].cpu(), argmax[i][m].cpu(), target[i][m].cpu()))
+    return out
+
+
+def min_k_score(logp: Tensor, k: float = 0.4) -> float:
+    """OU's Min-K% Prob score of one text: ``-mean`` of the ``max(1, floor(k n))`` lowest
+    token log-probs (0 for no tokens); higher means less likely a member."""
     if not 0 < k <= 1:
         raise ValueError(f"k: expected a fraction in (0, 1], got {k!r}")
-    scores = []
-    for lp in token_logprobs(model, tokenizer, texts, **kw):
-        if lp.numel() == 0:
-            raise ValueError("texts: every text needs at least two tokens")
-        n = max(1, int(torch.ceil(torch.tensor(k * lp.numel()))))
-        scores.append(lp.sort().values[:n].mean())
-    return torch.stack(scores)
+    if logp.numel() == 0:
+        return 0.0
+    n = max(1, int(logp.numel() * k))
+    return -float(logp.double().sort().values[:n].mean())
 
 
 def auc(member_scores: Tensor, nonmember_scores: Tensor) -> float:
@@ -76,123 +197,154 @@ def auc(member_scores: Tensor, nonmember_scores: Tensor) -> float:
     return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
 
 
-def privleak(auc_unlearned: float, auc_retrain: float) -> float:
-    """MUSE's PrivLeak in percent: 0 when the unlearned model leaks membership like a model
-    retrained without the forget set; large |values| mean over- or under-unlearning."""
-    if auc_retrain <= 0:
-        raise ValueError(f"auc_retrain: expected a positive AUC, got {auc_retrain!r}")
-    return (auc_unlearned - auc_retrain) / auc_retrain * 100.0
+def privleak(auc_model: float, auc_reference: float = 0.5) -> float:
+    """OU's PrivLeak in percent from Min-K AUCs (forget members vs holdout):
+    ``((1 - auc) - (1 - ref)) / ((1 - ref) + 1e-10) * 100``."""
+    for name, v in (("auc_model", auc_model), ("auc_reference", auc_reference)):
+        if not 0 <= v <= 1:
+            raise ValueError(f"{name}: expected an AUC in [0, 1], got {v!r}")
+    return ((1 - auc_model) - (1 - auc_reference)) / ((1 - auc_reference) + 1e-10) * 100
 
 
-def verbmem(
-    model,
-    tokenizer,
-    texts: list[str],
-    *,
-    prefix_tokens: int = 32,
-    max_new_tokens: int = 128,
-    batch_size: int = 8,
-) -> list[float]:
-    """ROUGE-L F1 of each greedy continuation of a text's first ``prefix_tokens`` tokens
-    against the text's next ``max_new_tokens`` tokens."""
-    prompts, truths = [], []
-    for t in texts:
-        ids = tokenizer(t, add_special_tokens=False)["input_ids"]
-        if len(ids) <= prefix_tokens:
-            raise ValueError(
-                f"texts: a text has {len(ids)} tokens, not more than prefix_tokens={prefix_tokens}"
-            )
-        prompts.append(ids[:prefix_tokens])
-        truths.append(
-            tokenizer.decode(ids[prefix_tokens : prefix_tokens + max_new_tokens], skip_special_tokens=True)
-        )
-    gens = greedy_continue(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    return [rouge_l_f1(g, t) for g, t in zip(gens, truths, strict=True)]
+def extraction_strength(argmax: Tensor, labels: Tensor) -> float:
+    """OU's ES of one example (see the module docstring); 0 for no tokens."""
+    n = labels.numel()
+    if n == 0:
+        return 0.0
+    right = (argmax == labels).tolist()
+    k = next((k for k in range(n) if all(right[k:])), n - 1)
+    return 1 - k / n
 
 
-def knowmem(
-    model,
-    tokenizer,
-    questions: list[str],
-    answers: list[str],
-    *,
-    max_new_tokens: int = 32,
-    batch_size: int = 8,
-) -> list[float]:
-    """ROUGE-L F1 of each greedy answer against the gold answer."""
-    gens = greedy_generate(model, tokenizer, questions, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    return [rouge_l_f1(g, a) for g, a in zip(gens, answers, strict=True)]
+def retain_reference_auc(path: str | Path) -> float:
+    """The retain model's ``mia_min_k`` AUC from a ``MUSE_EVAL.json`` (OU's or unlearnx's)."""
+    try:
+        return float(json.loads(Path(path).read_text())["mia_min_k"]["agg_value"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"retain_logs: cannot read mia_min_k.agg_value from {path} ({err!r})") from err
 
 
-@torch.no_grad()
-def extraction_strength(model, tokenizer, texts: list[str], *, max_length: int = 2048) -> list[float]:
-    """Per text ``1 - k/n``: ``n`` predicted tokens, ``k`` the shortest prefix after which every
-    teacher-forced greedy prediction is right (1: fully extractable, 0: last token wrong)."""
-    device = next(model.parameters()).device
-    weight, bias = lm_head(model)
-    out = []
-    for text in texts:
-        ids, mask = (t.to(device) for t in _encode_texts(tokenizer, [text], max_length))
-        if ids.shape[1] < 2:
-            raise ValueError("texts: every text needs at least two tokens")
-        hidden = hidden_states(model, ids, mask)[0, :-1]
-        target = ids[0, 1:]
-        _, argmax = flatten_margins(hidden, weight, bias, target, -100, None)
-        right = (argmax == target).cpu().tolist()
-        n = len(right)
-        k = n
-        while k > 0 and right[k - 1]:
-            k -= 1
-        out.append(1.0 - k / n)
-    return out
+def _mean(xs: list[float]) -> float:
+    return float(sum(xs) / len(xs)) if xs else float("nan")
 
 
 def evaluate_muse(
     model,
     tokenizer,
+    source: str | Path,
     *,
-    forget_texts: list[str],
-    holdout_texts: list[str],
-    forget_qa: list[tuple[str, str]],
-    retain_qa: list[tuple[str, str]],
+    template: Template,
+    metrics: Sequence[str] = DEFAULT_METRICS,
     retain_auc: float | None = None,
-    prefix_tokens: int = 32,
-    max_new_tokens: int = 128,
     k: float = 0.4,
-    batch_size: int = 8,
-) -> dict:
-    """All MUSE-style metrics in one summary: ``verbmem`` (on ``forget_texts``),
-    ``knowmem_forget`` / ``knowmem_retain`` (QA pairs), ``extraction_strength`` (forget texts),
-    ``mink_auc`` (forget vs holdout) and, given the retrained model's AUC, ``privleak``."""
-    if not forget_texts or not holdout_texts:
-        raise ValueError("forget_texts, holdout_texts: both must be non-empty")
-    members = min_k_scores(model, tokenizer, forget_texts, k=k, batch_size=batch_size)
-    nonmembers = min_k_scores(model, tokenizer, holdout_texts, k=k, batch_size=batch_size)
-    mink_auc = auc(members, nonmembers)
+    limit: int | None = None,
+    batch_size: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[dict[str, float], dict[str, dict]]:
+    """``(summary, logs)`` of the MUSE ``metrics`` (OU names; see the module docstring) on the
+    MUSE data at ``source`` (hub id or local folder). ``summary`` maps each metric to its value
+    (OU's ``MUSE_SUMMARY.json``); ``logs`` adds per-example values (``value_by_index``, OU's
+    ``MUSE_EVAL.json``). ``limit`` keeps the first N rows of each split; ``batch_size``
+    overrides OU's (16 knowmem, 8 otherwise)."""
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"metrics: unknown {unknown}, expected some of {list(METRICS)}")
+    say = progress or (lambda _m: None)
 
-    def mean(xs: list[float]) -> float | None:
-        return sum(xs) / len(xs) if xs else None
+    def rows(config: str, split: str) -> list[dict]:
+        return muse_data.load_rows(source, config, split)[:limit]
 
-    def qa(pairs: list[tuple[str, str]]) -> float | None:
-        if not pairs:
-            return None
-        q, a = zip(*pairs, strict=True)
-        return mean(knowmem(model, tokenizer, list(q), list(a), batch_size=batch_size))
+    logs: dict[str, dict] = {}
 
-    return {
-        "verbmem": mean(
-            verbmem(
+    def knowmem(split: str) -> dict:
+        icl = muse_data.load_rows(source, "knowmem", f"{split}_qa_icl")
+        qs, ans = [r["question"] for r in icl], [r["answer"] for r in icl]
+        items = [
+            encode_chat(tokenizer, template, [*qs, r["question"]], [*ans, r["answer"]], for_generation=True)
+            for r in rows("knowmem", f"{split}_qa")
+        ]
+        scores = generation_scores(
+            model,
+            tokenizer,
+            items,
+            max_new_tokens=32,
+            stopwords=KNOWMEM_STOPWORDS,
+            batch_size=batch_size or 16,
+            desc=f"{split}_knowmem",
+        )
+        return {
+            "agg_value": _mean([s["rougeL_f1"] for s in scores]),
+            "value_by_index": dict(enumerate(scores)),
+        }
+
+    verbmem = None
+
+    def verbmem_items(for_generation: bool) -> list[dict]:
+        return [
+            encode_completion(
+                tokenizer, r["prompt"], r["gt"], insert_space=True, for_generation=for_generation
+            )
+            for r in rows("verbmem", "forget")
+        ]
+
+    for name in metrics:
+        say(name)
+        if name.endswith("_knowmem_ROUGE"):
+            logs[name] = knowmem(name.split("_")[0])
+        elif name == "forget_verbmem_ROUGE":
+            scores = generation_scores(
                 model,
                 tokenizer,
-                forget_texts,
-                prefix_tokens=prefix_tokens,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
+                verbmem_items(True),
+                max_new_tokens=128,
+                batch_size=batch_size or 8,
+                desc="verbmem",
             )
-        ),
-        "knowmem_forget": qa(forget_qa),
-        "knowmem_retain": qa(retain_qa),
-        "extraction_strength": mean(extraction_strength(model, tokenizer, forget_texts)),
-        "mink_auc": mink_auc,
-        "privleak": None if retain_auc is None else privleak(mink_auc, retain_auc),
-    }
+            logs[name] = {
+                "agg_value": _mean([s["rougeL_f1"] for s in scores]),
+                "value_by_index": dict(enumerate(scores)),
+            }
+        elif name in ("extraction_strength", "exact_memorization"):
+            if verbmem is None:
+                verbmem = labelled_predictions(
+                    model, tokenizer, verbmem_items(False), batch_size=batch_size or 8
+                )
+            if name == "extraction_strength":
+                vals = [extraction_strength(a, y) for _, a, y in verbmem]
+            else:
+                vals = [float((a == y).double().mean()) if y.numel() else float("nan") for _, a, y in verbmem]
+            logs[name] = {
+                "agg_value": _mean(vals),
+                "value_by_index": {i: {"score": v} for i, v in enumerate(vals)},
+            }
+        elif name in ("mia_min_k", "privleak"):
+            if "mia_min_k" not in logs:
+                logs["mia_min_k"] = _mia_min_k(model, tokenizer, rows, k, batch_size or 8)
+            if name == "privleak":
+                ref = 0.5 if retain_auc is None else retain_auc
+                logs[name] = {
+                    "agg_value": privleak(logs["mia_min_k"]["agg_value"], ref),
+                    "reference_auc": ref,
+                }
+    summary = {m: logs[m]["agg_value"] for m in metrics}
+    return summary, logs
+
+
+def _mia_min_k(model, tokenizer, rows, k: float, batch_size: int) -> dict:
+    out = {}
+    for access in ("forget", "holdout"):
+        items = [encode_completion(tokenizer, "", r["text"]) for r in rows("privleak", access)]
+        scores = [
+            min_k_score(lp, k)
+            for lp, _, _ in labelled_predictions(model, tokenizer, items, batch_size=batch_size)
+        ]
+        out[access] = {
+            "agg_value": _mean(scores),
+            "value_by_index": {i: {"score": s} for i, s in enumerate(scores)},
+        }
+    forget = torch.tensor([v["score"] for v in out["forget"]["value_by_index"].values()])
+    holdout = torch.tensor([v["score"] for v in out["holdout"]["value_by_index"].values()])
+    # OU: roc_auc_score with forget labelled 0 and holdout 1 on the scores, i.e. the chance
+    # that a holdout text scores above (is less likely than) a forget text
+    value = auc(holdout, forget)
+    return {**out, "auc": value, "agg_value": value}
