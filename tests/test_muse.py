@@ -128,3 +128,45 @@ def test_hub_parquet_names_are_read(tmp_path) -> None:
     (tmp_path / "raw").mkdir()
     datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "raw" / "forget-00000-of-00001.parquet"))
     assert muse_data.load_rows(f"hf:{tmp_path}", "raw", "forget") == rows
+
+
+def test_eval_command_writes_ous_files(setup, tmp_path, capsys) -> None:
+    from unlearnx.cli import main
+
+    root, tok, model = setup
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    out = tmp_path / "out"
+    argv = ["eval", "--benchmark", "muse", "--model", str(folder), "--data", str(root), "--out", str(out)]
+    assert main([*argv, "--retain-model", str(folder)]) == 0
+    summary = json.loads((out / "MUSE_SUMMARY.json").read_text())
+    assert list(summary) == list(muse.DEFAULT_METRICS)
+    for name in muse.DEFAULT_METRICS[:-2]:
+        assert summary[name] == pytest.approx(GOLDEN["metrics"][name]["agg_value"])
+    assert summary["privleak"] == pytest.approx(0, abs=1e-6)  # the retain model is the model itself
+    logs = json.loads((out / "MUSE_EVAL.json").read_text())
+    assert logs["mia_min_k"]["agg_value"] == pytest.approx(GOLDEN["metrics"]["mia_min_k"]["agg_value"])
+    # OU-style logs of a retain model feed --retain-logs
+    assert main([*argv, "--retain-logs", str(out / "MUSE_EVAL.json"), "--metrics", "privleak"]) == 0
+    assert json.loads((out / "MUSE_SUMMARY.json").read_text()) == {"privleak": pytest.approx(0, abs=1e-6)}
+    assert "privleak against retain AUC" in capsys.readouterr().out
+
+
+def test_eval_command_refuses_bad_input_before_loading(setup, tmp_path, capsys) -> None:
+    from unlearnx.cli import main
+
+    root, _, _ = setup
+    base = ["eval", "--benchmark", "muse", "--out", str(tmp_path / "o")]
+    assert main([*base, "--model", str(tmp_path), "--data", str(root)]) == 2
+    assert "--model:" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text("{}")  # a model folder that would fail to load
+    assert main([*base, "--model", str(tmp_path), "--data", str(tmp_path / "nothing")]) == 2
+    assert "--data: MUSE data:" in capsys.readouterr().err
+    assert (
+        main([*base, "--model", str(tmp_path), "--data", str(root), "--retain-logs", str(tmp_path / "x")])
+        == 2
+    )
+    assert "--retain-logs:" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tmp_path), "--out", str(tmp_path), "--metrics", "privleak"]) == 2
+    assert "--metrics: only with --benchmark muse" in capsys.readouterr().err

@@ -16,7 +16,9 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from unlearnx.data.template import TEMPLATES
 from unlearnx.data.tofu import FORGET_SPLITS
+from unlearnx.eval.muse import METRICS as MUSE_METRICS
 from unlearnx.models import MODEL_HELP
 from unlearnx.quickbench import QuickBenchConfig
 from unlearnx.train.methods import METHODS
@@ -67,23 +69,51 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=d.seed)
     bench.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     ev = sub.add_parser(
-        "eval", help="TOFU metrics (probability, ROUGE-L, truth ratio, forget quality, utility)"
+        "eval",
+        help="TOFU metrics (probability, ROUGE-L, truth ratio, forget quality, utility) or MUSE metrics "
+        "(open-unlearning's: knowmem, verbmem, privleak, extraction strength)",
     )
     ev.add_argument("--model", required=True, type=Path, help=MODEL_HELP)
+    ev.add_argument("--benchmark", default="tofu", choices=["tofu", "muse"], help="benchmark (default tofu)")
     ev.add_argument(
-        "--benchmark", default="tofu", choices=["tofu"], help="benchmark (MUSE is not implemented yet)"
+        "--data",
+        default="muse-bench/MUSE-News",
+        help="MUSE only: hub id (muse-bench/MUSE-News, muse-bench/MUSE-Books) or a local folder in that "
+        "layout (<config>/<split>.jsonl|.json|.parquet)",
+    )
+    ev.add_argument(
+        "--template",
+        default="auto",
+        choices=["auto", *TEMPLATES],
+        help="MUSE only: prompt template (auto: the chat template if the tokenizer has one, else qa-tags)",
+    )
+    ev.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        choices=list(MUSE_METRICS),
+        help="MUSE only: metrics (default: open-unlearning's five)",
     )
     ev.add_argument("--forget-split", default="forget10", choices=FORGET_SPLITS)
     ref = ev.add_mutually_exclusive_group()
     ref.add_argument(
         "--retain-model", type=Path, help="model never trained on the forget set (for forget quality)"
     )
-    ref.add_argument("--retain-logs", type=Path, help="summary.json of an earlier eval of the retain model")
+    ref.add_argument(
+        "--retain-logs",
+        type=Path,
+        help="the retain model's earlier eval: summary.json (TOFU) or MUSE_EVAL.json (MUSE, OU's or ours)",
+    )
     ev.add_argument("--out", required=True, type=Path, help="folder for summary.json and per_example.json")
     ev.add_argument(
         "--data-dir", type=Path, default=DEFAULT_TOFU_DIR, help="folder of the TOFU JSON Lines files"
     )
-    ev.add_argument("--batch-size", type=_positive_int, default=8)
+    ev.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="default 8 (TOFU); MUSE: OU's 16 knowmem, 8 else",
+    )
     ev.add_argument(
         "--max-new-tokens", type=_positive_int, default=64, help="greedy generation length for ROUGE"
     )
@@ -127,6 +157,12 @@ def run_eval(args: argparse.Namespace) -> int:
             path is None or check_model(flag, path)
         except ValueError as err:
             return _fail(str(err))
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        return _fail(f"--device: {args.device} requested but no CUDA GPU is available")
+    if args.benchmark == "muse":
+        return _run_muse(args)
+    if args.metrics is not None:
+        return _fail("--metrics: only with --benchmark muse")
     if not (args.data_dir / f"{args.forget_split}_perturbed.json").is_file():
         return _fail(
             f"--data-dir: {args.data_dir} has no {args.forget_split}_perturbed.json (pass the TOFU folder)"
@@ -137,11 +173,9 @@ def run_eval(args: argparse.Namespace) -> int:
             retain_ratios = json.loads(args.retain_logs.read_text())["forget_truth_ratios"]
         except (OSError, ValueError, KeyError) as err:
             return _fail(f"--retain-logs: cannot read forget_truth_ratios from {args.retain_logs} ({err!r})")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        return _fail(f"--device: {args.device} requested but no CUDA GPU is available")
     options = dict(
         forget_split=args.forget_split,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or 8,
         max_new_tokens=args.max_new_tokens,
         limit=args.limit,
     )
@@ -165,6 +199,52 @@ def run_eval(args: argparse.Namespace) -> int:
         f"model_utility {summary['model_utility']:.4f}  forget_quality {'n/a' if fq is None else f'{fq:.4g}'}"
     )
     print(f"wrote {args.out / 'summary.json'} and {args.out / 'per_example.json'}")
+    return 0
+
+
+def _run_muse(args: argparse.Namespace) -> int:
+    """``unlearnx eval --benchmark muse``: data and retain logs checked before any model loads;
+    writes OU's ``MUSE_EVAL.json`` (per example) and ``MUSE_SUMMARY.json``."""
+    from unlearnx.data import muse as muse_data
+    from unlearnx.data.template import template_for
+    from unlearnx.eval import muse
+
+    try:
+        muse_data.check_source(args.data)
+        retain_auc = None if args.retain_logs is None else muse.retain_reference_auc(args.retain_logs)
+    except ValueError as err:
+        return _fail(f"--data: {err}" if "MUSE data" in str(err) else f"--retain-logs: {err}")
+    metrics = args.metrics or list(muse.DEFAULT_METRICS)
+    options = dict(
+        limit=args.limit, batch_size=args.batch_size, progress=lambda m: print(f"  {m}", flush=True)
+    )
+    if args.retain_model is not None:
+        print(f"retain model {args.retain_model}: mia_min_k")
+        model, tok = _load(args.retain_model, args.device)
+        summary, _ = muse.evaluate_muse(
+            model, tok, args.data, template=template_for(tok, args.template), metrics=["mia_min_k"], **options
+        )
+        retain_auc = summary["mia_min_k"]
+    print(f"model {args.model}: {' '.join(metrics)}")
+    model, tok = _load(args.model, args.device)
+    summary, logs = muse.evaluate_muse(
+        model,
+        tok,
+        args.data,
+        template=template_for(tok, args.template),
+        metrics=metrics,
+        retain_auc=retain_auc,
+        **options,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "MUSE_EVAL.json").write_text(json.dumps(logs, indent=1) + "\n")
+    (args.out / "MUSE_SUMMARY.json").write_text(json.dumps(summary, indent=1) + "\n")
+    for name, value in summary.items():
+        print(f"{name:<24}{value:10.4f}")
+    if "privleak" in summary:
+        ref = "AUC 0.5 (no retain model or logs)" if retain_auc is None else f"retain AUC {retain_auc:.4f}"
+        print(f"(privleak against {ref})")
+    print(f"wrote {args.out / 'MUSE_SUMMARY.json'} and {args.out / 'MUSE_EVAL.json'}")
     return 0
 
 
