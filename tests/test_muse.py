@@ -170,3 +170,51 @@ def test_eval_command_refuses_bad_input_before_loading(setup, tmp_path, capsys) 
     assert "--retain-logs:" in capsys.readouterr().err
     assert main(["eval", "--model", str(tmp_path), "--out", str(tmp_path), "--metrics", "privleak"]) == 2
     assert "--metrics: only with --benchmark muse" in capsys.readouterr().err
+
+
+def test_unlearn_on_muse_text_with_muse_eval_during_training(setup, tmp_path) -> None:
+    """`unlearnx unlearn` takes MUSE's raw forget/retain text (chunked as OU does) and evaluates
+    MUSE every N steps, keeping the best model by an OU metric name."""
+    from unlearnx.cli import main
+
+    root, tok, model = setup
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    out = tmp_path / "run"
+    argv = ["unlearn", "--model", str(folder), "--method", "npo", "--out", str(out)]
+    argv += ["--forget", f"hf:{root}:raw:forget", "--retain", f"hf:{root}:raw:retain1"]
+    argv += ["--max-length", "16", "--max-steps", "2", "--lr", "1e-3", "--report-examples", "0"]
+    eval_args = ["--eval", "muse", "--eval-every", "1", "--eval-data", str(root), "--eval-limit", "2"]
+    assert main([*argv, *eval_args]) == 0
+    assert json.loads((out / "run.json").read_text())["result"]["steps"] == 2
+    history = [json.loads(line) for line in (out / "eval" / "eval_history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [1, 2]
+    assert set(muse.DEFAULT_METRICS) <= set(history[0])
+    assert (out / "eval" / "best" / "eval_summary.json").is_file()
+
+
+def test_unlearn_refuses_bad_muse_settings_before_loading(setup, tmp_path, capsys) -> None:
+    from unlearnx.cli import main
+
+    root, _, _ = setup
+    base = [
+        "unlearn",
+        "--model",
+        str(tmp_path),
+        "--forget",
+        f"hf:{root}:raw:forget",
+        "--out",
+        str(tmp_path / "o"),
+        "--method",
+        "ga",
+    ]
+    (tmp_path / "config.json").write_text("{}")  # would fail to load: errors must come first
+    assert main([*base, "--eval", "muse", "--eval-every", "1", "--eval-data", str(tmp_path / "none")]) == 2
+    assert "--eval-data: MUSE data:" in capsys.readouterr().err
+    args = ["--eval", "muse", "--eval-every", "1", "--eval-data", str(root), "--eval-split", "forget01"]
+    assert main([*base, *args]) == 2
+    assert "--eval-split: only with --eval tofu" in capsys.readouterr().err
+    base[4] = f"hf:{root}:raw:nosuch"
+    assert main(base) == 2
+    assert "raw/nosuch" in capsys.readouterr().err

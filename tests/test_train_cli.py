@@ -131,7 +131,8 @@ def test_unlearn_rejects_bad_files(job, tmp_path: Path, capsys) -> None:
 
 
 def test_unlearn_on_plain_text_documents(job, tmp_path: Path) -> None:
-    """MUSE-style: a folder of .txt documents, chunked into --max-length tokens, all tokens targets."""
+    """MUSE-style (OU's PretrainingDataset): .txt documents joined, chunked into --max-length tokens,
+    BOS in front, every token after it a target."""
     from unlearnx.data.text import TextChunks
 
     docs = tmp_path / "docs"
@@ -166,9 +167,13 @@ def test_unlearn_on_plain_text_documents(job, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
-    chunks = TextChunks(tok, [(docs / "a.txt").read_text()], max_length=8)
-    assert all(it["input_ids"].numel() <= 8 for it in chunks.items) and len(chunks) > 1
-    assert all(torch.equal(it["labels"], it["input_ids"]) for it in chunks.items)
+    text = (docs / "a.txt").read_text()
+    chunks = TextChunks(tok, [text, text], max_length=8)
+    n = len(tok(text + "\n\n" + text, add_special_tokens=False)["input_ids"])
+    assert len(chunks) == -(-n // 8) and all(it["input_ids"].numel() <= 9 for it in chunks.items)
+    for it in chunks.items:
+        assert it["input_ids"][0] == tok.bos_token_id and it["labels"][0] == -100
+        assert torch.equal(it["labels"][1:], it["input_ids"][1:])
     assert (
         main(
             [
@@ -196,7 +201,7 @@ def test_unlearn_on_hugging_face_datasets(job, tmp_path: Path, monkeypatch) -> N
     datasets.Dataset.from_dict(
         {"question": [q for q, _ in FORGET], "answer": [a for _, a in FORGET]}
     ).save_to_disk(forget_dir)
-    assert tofu.load_hf_qa(str(forget_dir)) == FORGET
+    assert tofu.load_hf_data(str(forget_dir)) == FORGET
     assert (
         main(
             [
@@ -223,12 +228,12 @@ def test_unlearn_on_hugging_face_datasets(job, tmp_path: Path, monkeypatch) -> N
         return datasets.Dataset.from_dict({"question": ["q"], "answer": ["a"]})
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    assert tofu.load_hf_qa("hf:locuslab/TOFU:forget10") == [("q", "a")]
+    assert tofu.load_hf_data("hf:locuslab/TOFU:forget10") == [("q", "a")]
     assert calls == [("locuslab/TOFU", "forget10", "train")]
     bad = tmp_path / "bad_ds"
-    datasets.Dataset.from_dict({"text": ["x"]}).save_to_disk(bad)
-    with pytest.raises(ValueError, match="question"):
-        tofu.load_hf_qa(str(bad))
+    datasets.Dataset.from_dict({"foo": ["x"]}).save_to_disk(bad)
+    with pytest.raises(ValueError, match="neither question/answer nor text"):
+        tofu.load_hf_data(str(bad))
 
 
 def test_unlearn_rejects_bad_sharding_settings(job, tmp_path: Path, capsys) -> None:

@@ -1,6 +1,7 @@
-"""Plain-text documents for unlearning, chunked MUSE-style: each document is tokenised
-(with BOS) and cut into consecutive pieces of at most ``max_length`` tokens; every token is a
-target (labels = input_ids)."""
+"""Plain-text documents for unlearning, chunked as open-unlearning's ``PretrainingDataset``
+does for MUSE: the documents are joined with blank lines, tokenised without special tokens and
+cut into pieces of ``max_length`` tokens; each piece is decoded and tokenised again with the
+tokenizer's special tokens (BOS), and every token after the first is a target."""
 
 from __future__ import annotations
 
@@ -22,27 +23,37 @@ def read_documents(path: str | Path) -> list[str]:
     return docs
 
 
+def chunk_texts(tokenizer, documents: list[str], max_length: int) -> list[str]:
+    """OU's ``PretrainingDataset._chunk_raw_text``: ``"\n\n".join(documents)`` cut into
+    decoded pieces of ``max_length`` tokens (an empty last piece is dropped)."""
+    ids = tokenizer("\n\n".join(documents), add_special_tokens=False)["input_ids"]
+    pieces = [ids[i : i + max_length] for i in range(0, len(ids), max_length)]
+    return [tokenizer.decode(p) for p in pieces if p]
+
+
 class TextChunks(Dataset):
-    """Items ``{"input_ids", "attention_mask", "labels", "index"}`` like ``train.data.QADataset``."""
+    """Items ``{"input_ids", "attention_mask", "labels", "index"}`` like ``train.data.QADataset``:
+    each piece of :func:`chunk_texts`, re-tokenised with special tokens and cut at
+    ``max_length`` tokens after the first, labels -100 on the first token only."""
 
     def __init__(self, tokenizer, documents: list[str], max_length: int = 512) -> None:
-        if max_length < 2:
-            raise ValueError(f"max_length: expected at least 2 tokens, got {max_length}")
+        if max_length < 1:
+            raise ValueError(f"max_length: expected at least 1 token, got {max_length}")
         self.items: list[dict[str, Tensor]] = []
-        for doc in documents:
-            ids = tokenizer(doc)["input_ids"]
-            for start in range(0, len(ids), max_length):
-                piece = torch.tensor(ids[start : start + max_length])
-                if piece.numel() < 2:
-                    continue
-                self.items.append(
-                    {
-                        "input_ids": piece,
-                        "attention_mask": torch.ones_like(piece),
-                        "labels": piece.clone(),
-                        "index": torch.tensor(len(self.items)),
-                    }
-                )
+        for text in chunk_texts(tokenizer, documents, max_length):
+            piece = torch.tensor(tokenizer(text, add_special_tokens=True)["input_ids"][: max_length + 1])
+            if piece.numel() < 2:
+                continue
+            labels = piece.clone()
+            labels[0] = -100
+            self.items.append(
+                {
+                    "input_ids": piece,
+                    "attention_mask": torch.ones_like(piece),
+                    "labels": labels,
+                    "index": torch.tensor(len(self.items)),
+                }
+            )
         if not self.items:
             raise ValueError("documents: nothing to train on after tokenisation")
 

@@ -69,22 +69,32 @@ def encode_qa(tokenizer, questions: list[str], answers: list[str], max_length: i
     return Encoded(input_ids, attention, labels)
 
 
-def load_hf_qa(spec: str) -> list[tuple[str, str]]:
-    """QA pairs from a Hugging Face dataset with ``question`` and ``answer`` columns: a folder
-    written by ``Dataset.save_to_disk``, or ``hf:ID[:CONFIG[:SPLIT]]`` from the hub (split
-    ``train`` by default), e.g. ``hf:locuslab/TOFU:forget10``."""
+def load_hf_data(spec: str) -> list[tuple[str, str]] | list[str]:
+    """QA pairs (columns ``question``, ``answer``) or documents (column ``text``, e.g. MUSE's
+    ``raw`` and ``scal``/``sust`` splits) from ``hf:ID[:CONFIG[:SPLIT]]`` (split ``train`` by
+    default; e.g. ``hf:locuslab/TOFU:forget10``, ``hf:muse-bench/MUSE-News:raw:forget``), from
+    ``hf:FOLDER:CONFIG:SPLIT`` for a local copy in MUSE's layout, or from a folder written by
+    ``Dataset.save_to_disk``."""
     import datasets
 
     if spec.startswith("hf:"):
         repo, config, split = ([*spec[3:].split(":"), None, None])[:3]
-        ds = datasets.load_dataset(repo, config, split=split or "train")
+        if Path(repo).is_dir() and config is not None:
+            from unlearnx.data.muse import load_rows
+
+            ds = datasets.Dataset.from_list(load_rows(repo, config, split or "train"))
+        else:
+            ds = datasets.load_dataset(repo, config, split=split or "train")
     else:
         ds = datasets.load_from_disk(spec)
         if isinstance(ds, datasets.DatasetDict):
             if "train" not in ds:
                 raise ValueError(f"dataset: {spec} has splits {sorted(ds)}; save the one to use on its own")
             ds = ds["train"]
-    missing = {"question", "answer"} - set(ds.column_names)
-    if missing:
-        raise ValueError(f"dataset: {spec} lacks columns {sorted(missing)} (it has {ds.column_names})")
-    return [(str(q), str(a)) for q, a in zip(ds["question"], ds["answer"], strict=True)]
+    if {"question", "answer"} <= set(ds.column_names):
+        return [(str(q), str(a)) for q, a in zip(ds["question"], ds["answer"], strict=True)]
+    if "text" in ds.column_names:
+        return [str(t) for t in ds["text"] if str(t).strip()]
+    raise ValueError(
+        f"dataset: {spec} has neither question/answer nor text columns (it has {ds.column_names})"
+    )

@@ -1,5 +1,6 @@
-"""Evaluation during training: a Hugging Face ``TrainerCallback`` running the TOFU metrics
-every N optimiser steps and/or every epoch, logging a history and keeping the best checkpoint.
+"""Evaluation during training: a Hugging Face ``TrainerCallback`` running the TOFU or MUSE
+metrics every N optimiser steps and/or every epoch, logging a history and keeping the best
+checkpoint.
 
 In multi-process runs (DDP) the main process evaluates while the others wait at a barrier,
 so all ranks leave the callback together. Sharded parameters (FSDP, ZeRO-3) would need every
@@ -12,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -33,8 +34,8 @@ def _flatten(summary: Mapping, prefix: str = "") -> dict[str, float]:
     return out
 
 
-class TofuEvalCallback(TrainerCallback):
-    """Runs :func:`unlearnx.eval.tofu.evaluate_tofu` during training.
+class EvalCallback(TrainerCallback):
+    """Runs ``evaluate(model) -> summary`` (a nested dict of numbers) during training.
 
     Writes ``out_dir/eval_history.jsonl`` (one flattened summary per evaluation, with ``step``
     and ``epoch``) and ``out_dir/eval_history.png``; saves the model and tokenizer to
@@ -46,8 +47,8 @@ class TofuEvalCallback(TrainerCallback):
 
     def __init__(
         self,
+        evaluate: Callable[[object], Mapping],
         tokenizer,
-        data_dir: str | Path,
         out_dir: str | Path,
         *,
         every_steps: int | None = None,
@@ -55,7 +56,6 @@ class TofuEvalCallback(TrainerCallback):
         criterion: str = "model_utility",
         mode: str = "max",
         history_plot: tuple[str, ...] = ("model_utility", "forget/prob"),
-        **eval_options,
     ) -> None:
         if every_steps is None and every_epochs is None:
             raise ValueError("every_steps, every_epochs: set at least one")
@@ -64,10 +64,9 @@ class TofuEvalCallback(TrainerCallback):
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
         if mode not in ("max", "min"):
             raise ValueError(f"mode: expected 'max' or 'min', got {mode!r}")
-        self.tokenizer, self.data_dir, self.out_dir = tokenizer, Path(data_dir), Path(out_dir)
+        self.evaluate, self.tokenizer, self.out_dir = evaluate, tokenizer, Path(out_dir)
         self.every_steps, self.every_epochs = every_steps, every_epochs
         self.criterion, self.mode, self.history_plot = criterion, mode, history_plot
-        self.eval_options = eval_options
         self.best: float | None = None
         self.history: list[dict] = []
 
@@ -83,11 +82,13 @@ class TofuEvalCallback(TrainerCallback):
         if model is None:
             raise ValueError("model: the Trainer passed no model to the callback")
         if is_sharded(model):
-            raise NotImplementedError("TofuEvalCallback: sharded models (FSDP, ZeRO-3) are not supported yet")
+            raise NotImplementedError(
+                f"{type(self).__name__}: sharded models (FSDP, ZeRO-3) are not supported yet"
+            )
         if state.is_world_process_zero:
             was_training = model.training
             model.eval()
-            summary, _ = tofu.evaluate_tofu(model, self.tokenizer, self.data_dir, **self.eval_options)
+            summary = self.evaluate(model)
             model.train(was_training)
             record = {"step": state.global_step, "epoch": state.epoch, **_flatten(summary)}
             self.history.append(record)
@@ -117,3 +118,39 @@ class TofuEvalCallback(TrainerCallback):
             os.replace(best, old)
         os.replace(tmp, best)
         shutil.rmtree(old, ignore_errors=True)
+
+
+class TofuEvalCallback(EvalCallback):
+    """:class:`EvalCallback` over :func:`unlearnx.eval.tofu.evaluate_tofu` on ``data_dir``
+    (the other ``options`` go to it); criteria such as ``"model_utility"`` or ``"forget/prob"``."""
+
+    def __init__(self, tokenizer, data_dir: str | Path, out_dir: str | Path, **options) -> None:
+        keys = ("every_steps", "every_epochs", "criterion", "mode", "history_plot")
+        own = {k: options.pop(k) for k in keys if k in options}
+        super().__init__(
+            lambda model: tofu.evaluate_tofu(model, tokenizer, Path(data_dir), **options)[0],
+            tokenizer,
+            out_dir,
+            **own,
+        )
+
+
+class MuseEvalCallback(EvalCallback):
+    """:class:`EvalCallback` over :func:`unlearnx.eval.muse.evaluate_muse` on the MUSE data at
+    ``source``; criteria are OU's metric names (default ``retain_knowmem_ROUGE``, max)."""
+
+    def __init__(self, tokenizer, source: str | Path, out_dir: str | Path, **options) -> None:
+        from unlearnx.data.template import template_for
+        from unlearnx.eval import muse
+
+        options.setdefault("criterion", "retain_knowmem_ROUGE")
+        options.setdefault("history_plot", ("retain_knowmem_ROUGE", "forget_verbmem_ROUGE"))
+        keys = ("every_steps", "every_epochs", "criterion", "mode", "history_plot")
+        own = {k: options.pop(k) for k in keys if k in options}
+        template = template_for(tokenizer, options.pop("template", "auto"))
+        super().__init__(
+            lambda model: muse.evaluate_muse(model, tokenizer, source, template=template, **options)[0],
+            tokenizer,
+            out_dir,
+            **own,
+        )

@@ -113,13 +113,15 @@ def add_parser(sub) -> None:
     )
     e = p.add_argument_group(
         "evaluation during training",
-        "--eval tofu runs the TOFU metrics every --eval-every steps (unlearnx.eval.callback): "
+        "--eval tofu|muse runs the TOFU or MUSE metrics every --eval-every steps (unlearnx.eval.callback): "
         "OUT/eval/eval_history.jsonl and .png, and OUT/eval/best, the best model by --eval-criterion",
     )
     e.add_argument("--eval", choices=EVAL_BENCHMARKS, help="benchmark to evaluate during training")
     e.add_argument("--eval-every", dest="eval_every", type=int, help="evaluate every N optimiser steps")
     e.add_argument(
-        "--eval-data", dest="eval_data", type=Path, help="TOFU data folder (the splits' .json files)"
+        "--eval-data",
+        dest="eval_data",
+        help="TOFU data folder (the splits' .json files), or MUSE data (hub id or local folder)",
     )
     e.add_argument(
         "--eval-split", dest="eval_split", help="TOFU forget split: forget01, forget05 or forget10 (default)"
@@ -128,7 +130,8 @@ def add_parser(sub) -> None:
     e.add_argument(
         "--eval-criterion",
         dest="eval_criterion",
-        help="summary key that picks OUT/eval/best (default model_utility), e.g. forget/prob",
+        help="summary key that picks OUT/eval/best (default model_utility for TOFU, e.g. forget/prob; "
+        "retain_knowmem_ROUGE for MUSE)",
     )
     e.add_argument(
         "--eval-mode", dest="eval_mode", choices=["max", "min"], help="best is max (default) or min"
@@ -198,10 +201,10 @@ def _check_data(flag: str, path: Path):
         or (path / "dataset_info.json").is_file()
         or (path / "dataset_dict.json").is_file()
     ):
-        from unlearnx.data.tofu import load_hf_qa
+        from unlearnx.data.tofu import load_hf_data
 
         try:
-            return load_hf_qa(str(path))
+            return load_hf_data(str(path))
         except (ValueError, OSError, FileNotFoundError) as err:
             raise ValueError(f"{flag}: {err}") from err
     if path.is_dir() or path.suffix == ".txt":
@@ -405,7 +408,7 @@ def _plan_requests(settings: dict) -> dict | None:
     return {"paths": paths, "sets": sets, "mode": mode, "reference": reference}
 
 
-EVAL_BENCHMARKS = ["tofu"]
+EVAL_BENCHMARKS = ["tofu", "muse"]
 _EVAL_SPLITS = ("retain_perturbed", "real_authors_perturbed", "world_facts_perturbed")
 
 
@@ -423,8 +426,10 @@ def _plan_eval(options: dict) -> dict | None:
     every = options.pop("eval_every", None)
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"--eval-every: expected a positive int with --eval, got {every!r}")
-    split = options.pop("eval_split", "forget10")
-    if split not in FORGET_SPLITS:
+    split = options.pop("eval_split", None if benchmark == "muse" else "forget10")
+    if benchmark == "muse" and split is not None:
+        raise ValueError("--eval-split: only with --eval tofu")
+    if benchmark == "tofu" and split not in FORGET_SPLITS:
         raise ValueError(f"--eval-split: expected one of {FORGET_SPLITS}, got {split!r}")
     limit = options.pop("eval_limit", None)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -432,23 +437,30 @@ def _plan_eval(options: dict) -> dict | None:
     mode = options.pop("eval_mode", "max")
     if mode not in ("max", "min"):
         raise ValueError(f"--eval-mode: expected max or min, got {mode!r}")
-    criterion = options.pop("eval_criterion", "model_utility")
     if "eval_data" not in options:
-        raise ValueError("--eval-data: required with --eval tofu (the TOFU data folder)")
-    data = Path(options.pop("eval_data"))
-    missing = [n for n in (f"{split}_perturbed", *_EVAL_SPLITS) if not (data / f"{n}.json").is_file()]
-    if missing:
-        raise ValueError(f"--eval-data: {data} lacks the TOFU splits {missing} (<name>.json each)")
+        what = "the TOFU data folder" if benchmark == "tofu" else "a MUSE hub id or local folder"
+        raise ValueError(f"--eval-data: required with --eval {benchmark} ({what})")
+    data = options.pop("eval_data")
+    plan = {"benchmark": benchmark, "every_steps": every, "limit": limit, "mode": mode}
+    if benchmark == "muse":
+        from unlearnx.data.muse import check_source
+
+        try:
+            check_source(str(data))
+        except ValueError as err:
+            raise ValueError(f"--eval-data: {err}") from err
+        plan.update(source=str(data), criterion=options.pop("eval_criterion", "retain_knowmem_ROUGE"))
+    else:
+        data = Path(data)
+        missing = [n for n in (f"{split}_perturbed", *_EVAL_SPLITS) if not (data / f"{n}.json").is_file()]
+        if missing:
+            raise ValueError(f"--eval-data: {data} lacks the TOFU splits {missing} (<name>.json each)")
+        plan.update(
+            data_dir=data, forget_split=split, criterion=options.pop("eval_criterion", "model_utility")
+        )
     if options:
         raise ValueError(f"--{next(iter(options)).replace('_', '-')}: unknown evaluation setting")
-    return {
-        "data_dir": data,
-        "every_steps": every,
-        "forget_split": split,
-        "limit": limit,
-        "criterion": criterion,
-        "mode": mode,
-    }
+    return plan
 
 
 def _as_dataset(tok, data, max_length: int):
@@ -492,10 +504,13 @@ def run(args: argparse.Namespace) -> int:
     path = job["out"] / "model"
     callbacks = []
     if job["eval"]:
-        from unlearnx.eval.callback import TofuEvalCallback
+        from unlearnx.eval.callback import MuseEvalCallback, TofuEvalCallback
 
         options = dict(job["eval"])
-        callbacks.append(TofuEvalCallback(tok, options.pop("data_dir"), job["out"] / "eval", **options))
+        if options.pop("benchmark") == "muse":
+            callbacks.append(MuseEvalCallback(tok, options.pop("source"), job["out"] / "eval", **options))
+        else:
+            callbacks.append(TofuEvalCallback(tok, options.pop("data_dir"), job["out"] / "eval", **options))
     result = unlearn(
         model,
         tok,
@@ -524,8 +539,9 @@ def run(args: argparse.Namespace) -> int:
         print(format_report(result["report"]))
     if job["eval"]:
         ev = job["eval"]
+        data = ev.get("forget_split", ev.get("source"))
         print(
-            f"evaluated {ev['forget_split']} every {ev['every_steps']} steps: "
+            f"evaluated {ev['benchmark']} {data} every {ev['every_steps']} steps: "
             f"{job['out'] / 'eval' / 'eval_history.jsonl'}; best by {ev['criterion']} ({ev['mode']}): "
             f"{job['out'] / 'eval' / 'best'}"
         )
