@@ -67,13 +67,16 @@ def test_min_k_extraction_privleak_directly(setup) -> None:
     _, tok, model = setup
     texts = [r["text"] for r in muse_rows()["privleak"]["forget"]]
     items = [encode_completion(tok, "", t) for t in texts]
-    for (logp, argmax, labels), t in zip(muse.labelled_predictions(model, tok, items), texts, strict=True):
+    logps = muse.labelled_predictions(model, tok, items, "logp")
+    argmaxes = muse.labelled_predictions(model, tok, items, "argmax")
+    for (logp, labels), (argmax, labels2), t in zip(logps, argmaxes, texts, strict=True):
         ids = torch.tensor([tok(t)["input_ids"]])
         with torch.no_grad():
             full = model(input_ids=ids).logits[0, :-1].double().log_softmax(-1)
         want = full.gather(1, ids[0, 1:, None]).squeeze(1)[:-1]  # the last labelled token is left out
         torch.testing.assert_close(logp.double(), want, rtol=1e-5, atol=1e-5)
         assert torch.equal(argmax, full.argmax(-1)[:-1]) and torch.equal(labels, ids[0, 1:-1])
+        assert torch.equal(labels2, labels)
         lp = sorted(want.tolist())
         n = max(1, int(0.4 * len(lp)))
         assert muse.min_k_score(logp, 0.4) == pytest.approx(-sum(lp[:n]) / n, rel=1e-5)

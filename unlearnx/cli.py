@@ -211,9 +211,12 @@ def _run_muse(args: argparse.Namespace) -> int:
 
     try:
         muse_data.check_source(args.data)
+    except ValueError as err:
+        return _fail(f"--data: {err}")
+    try:
         retain_auc = None if args.retain_logs is None else muse.retain_reference_auc(args.retain_logs)
     except ValueError as err:
-        return _fail(f"--data: {err}" if "MUSE data" in str(err) else f"--retain-logs: {err}")
+        return _fail(f"--retain-logs: {err}")
     metrics = args.metrics or list(muse.DEFAULT_METRICS)
     options = dict(
         limit=args.limit, batch_size=args.batch_size, progress=lambda m: print(f"  {m}", flush=True)

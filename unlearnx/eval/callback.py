@@ -120,13 +120,18 @@ class EvalCallback(TrainerCallback):
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _callback_options(options: dict) -> dict:
+    """Pops :class:`EvalCallback`'s own settings out of ``options``; the rest go to the evaluation."""
+    keys = ("every_steps", "every_epochs", "criterion", "mode", "history_plot")
+    return {k: options.pop(k) for k in keys if k in options}
+
+
 class TofuEvalCallback(EvalCallback):
     """:class:`EvalCallback` over :func:`unlearnx.eval.tofu.evaluate_tofu` on ``data_dir``
     (the other ``options`` go to it); criteria such as ``"model_utility"`` or ``"forget/prob"``."""
 
     def __init__(self, tokenizer, data_dir: str | Path, out_dir: str | Path, **options) -> None:
-        keys = ("every_steps", "every_epochs", "criterion", "mode", "history_plot")
-        own = {k: options.pop(k) for k in keys if k in options}
+        own = _callback_options(options)
         super().__init__(
             lambda model: tofu.evaluate_tofu(model, tokenizer, Path(data_dir), **options)[0],
             tokenizer,
@@ -145,8 +150,7 @@ class MuseEvalCallback(EvalCallback):
 
         options.setdefault("criterion", "retain_knowmem_ROUGE")
         options.setdefault("history_plot", ("retain_knowmem_ROUGE", "forget_verbmem_ROUGE"))
-        keys = ("every_steps", "every_epochs", "criterion", "mode", "history_plot")
-        own = {k: options.pop(k) for k in keys if k in options}
+        own = _callback_options(options)
         template = template_for(tokenizer, options.pop("template", "auto"))
         super().__init__(
             lambda model: muse.evaluate_muse(model, tokenizer, source, template=template, **options)[0],

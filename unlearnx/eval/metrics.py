@@ -4,6 +4,7 @@ fused forward-only kernels (no ``[tokens, V]`` logits), batched greedy generatio
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -50,29 +51,72 @@ def greedy_generate(
     return greedy_continue(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens)
 
 
+def pad_id(tokenizer) -> int:
+    """The tokenizer's pad id, else its EOS id (what open-unlearning pads with)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def pad_rows(rows: Sequence[Sequence[int]], value: int, *, left: bool = False) -> Tensor:
+    """``(len(rows), longest)`` int64 of the rows, padded with ``value`` on the right (or left)."""
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            (out[i, width - len(r) :] if left else out[i, : len(r)]).copy_(torch.tensor(r))
+    return out
+
+
+class _StopWords:
+    """Stops a sequence once its decoded generation holds a stopword (callers cut the text
+    there, so stopping earlier or later gives the same result; this only saves time).
+    transformers' ``stop_strings`` needs a BPE-like vocabulary; this works with any tokenizer."""
+
+    def __init__(self, tokenizer, stopwords: Sequence[str], start: int) -> None:
+        self.tokenizer, self.stopwords, self.start = tokenizer, list(stopwords), start
+
+    def __call__(self, input_ids: Tensor, scores, **kwargs) -> Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start :])
+        return torch.tensor([any(w in t for w in self.stopwords) for t in texts], device=input_ids.device)
+
+
 @torch.no_grad()
 def greedy_continue(
-    model, tokenizer, prompts: list[list[int]], *, batch_size: int = 8, max_new_tokens: int = 64
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+    stopwords: Sequence[str] = (),
+    mask_pad_tokens: bool = False,
+    desc: str | None = None,
 ) -> list[str]:
     """Greedy continuations of token-id prompts (left-padded batches), decoded without
-    special tokens."""
+    special tokens. ``stopwords`` end a sequence early (the caller cuts the text);
+    ``mask_pad_tokens`` also masks pad ids inside prompts from attention, as open-unlearning's
+    collator does (``attention_mask = input_ids != pad``); ``desc`` shows a progress bar."""
+    from tqdm.auto import tqdm
+
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     out: list[str] = []
-    for start in range(0, len(prompts), batch_size):
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc=desc, leave=False) if desc else starts:
         batch = prompts[start : start + batch_size]
-        width = max(len(p) for p in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, p in enumerate(batch):
-            ids[i, width - len(p) :] = torch.tensor(p)
-            mask[i, width - len(p) :] = 1
+        ids = pad_rows(batch, pad, left=True)
+        if mask_pad_tokens:
+            mask = (ids != pad).long()
+        else:
+            mask = pad_rows([[1] * len(p) for p in batch], 0, left=True)
+        width = ids.shape[1]
+        stop = {"stopping_criteria": [_StopWords(tokenizer, stopwords, width)]} if stopwords else {}
         gen = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             do_sample=False,
             max_new_tokens=max_new_tokens,
             pad_token_id=pad,
+            **stop,
         )
         out += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
     return out

@@ -30,6 +30,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -38,7 +39,7 @@ from unlearnx import functional
 from unlearnx._ops import flatten_margins
 from unlearnx.data import muse as muse_data
 from unlearnx.data.template import IGNORE_INDEX, Template, encode_chat, encode_completion
-from unlearnx.eval.metrics import lm_head
+from unlearnx.eval.metrics import greedy_continue, lm_head, pad_id, pad_rows
 from unlearnx.integrations.transformers import hidden_states
 
 KNOWMEM_STOPWORDS = ("\n\n", "\nQuestion", "Question:")
@@ -69,34 +70,6 @@ def rouge_scores(generation: str, ground_truth: str) -> dict[str, float]:
     }
 
 
-def _pad(rows: Sequence[list[int]], value: int, *, left: bool = False) -> Tensor:
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), value, dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            (out[i, width - len(r) :] if left else out[i, : len(r)]).copy_(torch.tensor(r))
-    return out
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
-class _StopWords:
-    """Stops a sequence once its decoded generation holds a stopword (the text is cut there
-    afterwards, so stopping earlier or later gives the same result; this only saves time).
-    transformers' ``stop_strings`` needs a BPE-like vocabulary; this works with any tokenizer."""
-
-    def __init__(self, tokenizer, stopwords: Sequence[str], start: int) -> None:
-        self.tokenizer, self.stopwords, self.start = tokenizer, list(stopwords), start
-
-    def __call__(self, input_ids: Tensor, scores, **kwargs) -> Tensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.start :])
-        done = [any(w in t for w in self.stopwords) for t in texts]
-        return torch.tensor(done, device=input_ids.device)
-
-
-@torch.no_grad()
 def generation_scores(
     model,
     tokenizer,
@@ -111,69 +84,66 @@ def generation_scores(
     batches, attention masked wherever ``input_ids == pad`` (OU's collator), greedy
     generation, text cut at EOS and ``stopwords``, ROUGE against the labels' text minus the
     prompt's. One dict per item: :func:`rouge_scores` plus input, ground truth, generation."""
-    from tqdm.auto import tqdm
-
-    device = next(model.parameters()).device
-    pad = _pad_id(tokenizer)
+    texts = greedy_continue(
+        model,
+        tokenizer,
+        [it["input_ids"] for it in items],
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        stopwords=stopwords,
+        mask_pad_tokens=True,
+        desc=desc,
+    )
     cut = [tokenizer.decode([tokenizer.eos_token_id]), *stopwords]
     out = []
-    for start in tqdm(range(0, len(items), batch_size), desc=desc, leave=False):
-        batch = items[start : start + batch_size]
-        ids = _pad([it["input_ids"] for it in batch], pad, left=True).to(device)
-        kw = {"stopping_criteria": [_StopWords(tokenizer, stopwords, ids.shape[1])]} if stopwords else {}
-        gen = model.generate(
-            input_ids=ids,
-            attention_mask=(ids != pad).long(),
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.eos_token_id,
-            **kw,
-        )
-        texts = tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
-        inputs = tokenizer.batch_decode(ids, skip_special_tokens=True)
-        for it, text, prompt in zip(batch, texts, inputs, strict=True):
-            for word in cut:
-                if word and word in text:
-                    text = text.split(word)[0]
-            full = tokenizer.decode([t for t in it["labels"] if t != IGNORE_INDEX], skip_special_tokens=True)
-            truth = full.replace(prompt, "").strip()
-            text = text.strip()
-            out.append(
-                {**rouge_scores(text, truth), "input": prompt, "ground_truth": truth, "generation": text}
-            )
+    for it, text in zip(items, texts, strict=True):
+        for word in cut:
+            if word and word in text:
+                text = text.split(word)[0]
+        prompt = tokenizer.decode(it["input_ids"], skip_special_tokens=True)
+        full = tokenizer.decode([t for t in it["labels"] if t != IGNORE_INDEX], skip_special_tokens=True)
+        truth = full.replace(prompt, "").strip()
+        text = text.strip()
+        out.append({**rouge_scores(text, truth), "input": prompt, "ground_truth": truth, "generation": text})
     return out
 
 
 @torch.no_grad()
 def labelled_predictions(
-    model, tokenizer, items: Sequence[dict[str, list[int]]], *, batch_size: int = 8
-) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """Per item ``(logp, argmax, labels)`` over its labelled tokens except the last (OU's
-    ``tokenwise_logprobs``): the log-probability of each such token, the model's greedy
-    prediction there, and the token. Fused kernels, right-padded batches (fp32, CPU)."""
+    model,
+    tokenizer,
+    items: Sequence[dict[str, list[int]]],
+    kind: Literal["logp", "argmax"],
+    *,
+    batch_size: int = 8,
+) -> list[tuple[Tensor, Tensor]]:
+    """Per item ``(values, tokens)`` over its labelled tokens except the last (OU's
+    ``tokenwise_logprobs``): ``kind="logp"`` gives each token's log-probability (fp32),
+    ``"argmax"`` the model's greedy prediction there. One fused pass over the head per batch
+    (right-padded), results on CPU."""
     device = next(model.parameters()).device
     weight, bias = lm_head(model)
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     out = []
     for start in range(0, len(items), batch_size):
         batch = items[start : start + batch_size]
-        ids = _pad([it["input_ids"] for it in batch], pad).to(device)
-        labels = _pad([it["labels"] for it in batch], IGNORE_INDEX).to(device)
-        keep = torch.zeros_like(labels, dtype=torch.bool)
-        for i in range(len(batch)):
-            where = (labels[i] != IGNORE_INDEX).nonzero().flatten()[:-1]
-            keep[i, where] = True
-        keep[:, 0] = False  # position 0 has nothing before it
+        ids = pad_rows([it["input_ids"] for it in batch], pad).to(device)
+        labelled = pad_rows([it["labels"] for it in batch], IGNORE_INDEX).to(device) != IGNORE_INDEX
+        pos = torch.arange(ids.shape[1], device=device)
+        last = torch.where(labelled, pos, -1).amax(1, keepdim=True)
+        # position 0 has nothing before it; the last labelled token is left out, as in OU
+        keep = labelled & (pos < last) & (pos > 0)
         target = torch.where(keep, ids, IGNORE_INDEX)[:, 1:]
         hidden = hidden_states(model, ids, (ids != pad).long())[:, :-1]
-        logp = functional.token_logprobs(hidden, weight, target, bias=bias).float()
-        _, argmax = flatten_margins(
-            hidden.reshape(-1, hidden.shape[-1]), weight, bias, target.reshape(-1), -100, None
-        )
-        argmax = argmax.reshape(target.shape)
-        for i in range(len(batch)):
-            m = target[i] != IGNORE_INDEX
-            out.append((logp[i][m].cpu(), argmax[i][m].cpu(), target[i][m].cpu()))
+        if kind == "logp":
+            values = functional.token_logprobs(hidden, weight, target, bias=bias).float()
+        else:
+            flat = hidden.reshape(-1, hidden.shape[-1])
+            values = flatten_margins(flat, weight, bias, target.reshape(-1), IGNORE_INDEX, None)[1]
+            values = values.reshape(target.shape)
+        for v, t in zip(values.cpu(), target.cpu(), strict=True):
+            m = t != IGNORE_INDEX
+            out.append((v[m], t[m]))
     return out
 
 
@@ -307,12 +277,12 @@ def evaluate_muse(
         elif name in ("extraction_strength", "exact_memorization"):
             if verbmem is None:
                 verbmem = labelled_predictions(
-                    model, tokenizer, verbmem_items(False), batch_size=batch_size or 8
+                    model, tokenizer, verbmem_items(False), "argmax", batch_size=batch_size or 8
                 )
             if name == "extraction_strength":
-                vals = [extraction_strength(a, y) for _, a, y in verbmem]
+                vals = [extraction_strength(a, y) for a, y in verbmem]
             else:
-                vals = [float((a == y).double().mean()) if y.numel() else float("nan") for _, a, y in verbmem]
+                vals = [float((a == y).double().mean()) if y.numel() else float("nan") for a, y in verbmem]
             logs[name] = {
                 "agg_value": _mean(vals),
                 "value_by_index": {i: {"score": v} for i, v in enumerate(vals)},
@@ -331,20 +301,16 @@ def evaluate_muse(
 
 
 def _mia_min_k(model, tokenizer, rows, k: float, batch_size: int) -> dict:
-    out = {}
+    out, scores = {}, {}
     for access in ("forget", "holdout"):
         items = [encode_completion(tokenizer, "", r["text"]) for r in rows("privleak", access)]
-        scores = [
-            min_k_score(lp, k)
-            for lp, _, _ in labelled_predictions(model, tokenizer, items, batch_size=batch_size)
-        ]
+        preds = labelled_predictions(model, tokenizer, items, "logp", batch_size=batch_size)
+        scores[access] = [min_k_score(lp, k) for lp, _ in preds]
         out[access] = {
-            "agg_value": _mean(scores),
-            "value_by_index": {i: {"score": s} for i, s in enumerate(scores)},
+            "agg_value": _mean(scores[access]),
+            "value_by_index": {i: {"score": s} for i, s in enumerate(scores[access])},
         }
-    forget = torch.tensor([v["score"] for v in out["forget"]["value_by_index"].values()])
-    holdout = torch.tensor([v["score"] for v in out["holdout"]["value_by_index"].values()])
     # OU: roc_auc_score with forget labelled 0 and holdout 1 on the scores, i.e. the chance
     # that a holdout text scores above (is less likely than) a forget text
-    value = auc(holdout, forget)
+    value = auc(torch.tensor(scores["holdout"]), torch.tensor(scores["forget"]))
     return {**out, "auc": value, "agg_value": value}
