@@ -7,6 +7,7 @@ Without a GPU to query, the CUDA architectures default to A100 and H100/H200 plu
 """
 
 import glob
+import importlib.util
 import os
 import platform
 
@@ -22,6 +23,17 @@ from setuptools import setup
 from torch.utils import cpp_extension
 
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def toolchain_checks():
+    """unlearnx/_toolchain.py, loaded by path: the package itself needs the extension."""
+    spec = importlib.util.spec_from_file_location(
+        "_unlearnx_toolchain", os.path.join(ROOT, "unlearnx", "_toolchain.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def wanted(variable: str, available: bool, missing: str) -> bool:
@@ -47,9 +59,8 @@ def want_simt() -> bool:
 
 
 def extension():
-    root = os.path.dirname(os.path.abspath(__file__))
     sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
-    include_dirs = [os.path.join(root, "csrc"), os.path.join(root, "csrc", "include")]
+    include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")]
     # headers count as inputs, so a header-only change rebuilds the extension
     depends = sorted(glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/**/*.cuh", recursive=True))
     # -fno-trapping-math: FP exceptions are never unmasked, so gcc may if-convert the clamps of
@@ -85,7 +96,20 @@ def extension():
     )
 
 
+class BuildExtension(cpp_extension.BuildExtension.with_options(use_ninja=True)):
+    """torch's build, refusing an extension that carries its own libstdc++ (see _toolchain.py)."""
+
+    def build_extension(self, ext) -> None:
+        super().build_extension(ext)
+        path = self.get_ext_fullpath(ext.name)
+        checks = toolchain_checks()
+        if checks.private_libstdcxx(path):
+            os.remove(path)  # so that the next build does not take it as up to date
+            linker = getattr(self.compiler, "linker_so_cxx", self.compiler.linker_so)
+            raise SystemExit(checks.static_libstdcxx_error(path, " ".join(linker)))
+
+
 setup(
     ext_modules=[extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtension},
 )

@@ -55,9 +55,12 @@ build() {
     || { say "build: torch $("$PY" -c 'import torch; print(torch.__version__)' 2>&1) is older than 2.6, which unlearnx needs"; return 1; }
   local arch
   arch=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())") || { say "no usable GPU"; return 1; }
-  say "build: for sm_${arch/./}"
-  # setup.py in place, not pip: no index needed, and no build isolation
-  TORCH_CUDA_ARCH_LIST="$arch" UNLEARNX_CUDA=1 MAX_JOBS="${MAX_JOBS:-16}" \
+  # setup.py in place, not pip: no index needed, and no build isolation. The PATH's gcc, not
+  # whatever CC/CXX the host exports: an H200 host's CXX=/opt/gcc/bin/g++ linked libstdc++
+  # statically, which setup.py now refuses (unlearnx/_toolchain.py); SUITE_CC/SUITE_CXX override.
+  say "build: for sm_${arch/./} with CC=${SUITE_CC:-gcc} CXX=${SUITE_CXX:-g++}, SIMT ${UNLEARNX_SIMT:-0}"
+  CC="${SUITE_CC:-gcc}" CXX="${SUITE_CXX:-g++}" UNLEARNX_SIMT="${UNLEARNX_SIMT:-0}" \
+    TORCH_CUDA_ARCH_LIST="$arch" UNLEARNX_CUDA=1 MAX_JOBS="${MAX_JOBS:-16}" \
     timeout "$(left)" "$PY" setup.py build_ext --inplace >> "$LOG" 2>&1 || { say "build: FAILED (see suite.log)"; return 1; }
   "$PY" -c "import unlearnx, json; print('build_info:', json.dumps(unlearnx.build_info()))" 2>&1 | tee -a "$LOG"
 }
@@ -67,8 +70,11 @@ tests() {
     say "tests: pytest is not importable; carry it in .whl/ (see the header)"
     return 1
   fi
-  timeout "$(left)" "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_kernels.py tests/test_functional.py \
-    -k "cuda" > "$OUT/cuda-tests.log" 2>&1
+  # with pytest-xdist, a test that crashes the process fails alone instead of ending the run
+  local workers=()
+  "$PY" -c "import xdist" 2> /dev/null && workers=(-n 6)
+  timeout "$(left)" "$PY" -m pytest -q -rs -p no:cacheprovider "${workers[@]}" tests/test_kernels.py \
+    tests/test_functional.py tests/test_toolchain.py -k "cuda or toolchain" > "$OUT/cuda-tests.log" 2>&1
   say "tests: $(tail -n 1 "$OUT/cuda-tests.log")"
 }
 
