@@ -84,3 +84,24 @@ def test_fused_gradients_are_no_worse_than_the_models_own(smol) -> None:
     torch.testing.assert_close(fused_loss.double(), exact_loss, rtol=1e-5, atol=0)
     fused = worst(torch.autograd.grad(fused_loss, params))
     assert fused <= own, f"fused {fused:.3g} vs the model's own {own:.3g} (relative error to fp64)"
+
+
+def test_qa_is_encoded_as_open_unlearning_does_through_the_chat_template(smol) -> None:
+    """The whole conversation through the chat template (its default system prompt included),
+    the answer as the assistant's turn with no leading space, EOS appended after the template's
+    trailing newline, labels on the answer only; the greedy prompt stops at the assistant header."""
+    from unlearnx.data.tofu import encode_qa, prompt_ids
+
+    _, tok = smol
+    enc = encode_qa(tok, ["What is the capital of France?"], ["Paris"])
+    ids, labels = enc.input_ids[0], enc.labels[0]
+    chat = [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris"},
+    ]
+    expected = tok.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"]
+    assert ids.tolist() == [*expected, tok.eos_token_id]
+    assert tok.decode(labels[labels != -100]) == "Paris<|im_end|>\n<|im_end|>"
+    prompt = prompt_ids(tok, "What is the capital of France?")
+    assert ids[: len(prompt)].tolist() == prompt and (labels[: len(prompt)] == -100).all()
+    assert tok.decode(prompt).endswith("<|im_start|>assistant\n")

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from unlearnx.data.template import IGNORE_INDEX, Template, encode_chat, template_for
 
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
 
@@ -32,41 +35,46 @@ class Encoded:
     labels: torch.Tensor  # (B, T) int64: the answer tokens, -100 on prompt and padding
 
 
-def prompt_text(tokenizer, question: str) -> str:
-    """The prompt for a question: the tokenizer's chat template if it has one, else a
-    plain ``Question: ...\\nAnswer:`` format."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
-        )
-    return f"Question: {question}\nAnswer:"
+def prompt_ids(tokenizer, question: str, template: Template | str = "auto") -> list[int]:
+    """The ids a model answers ``question`` from: the conversation up to the generation prompt,
+    as open-unlearning builds it (:func:`unlearnx.data.template.encode_chat`)."""
+    return encode_chat(tokenizer, _template(tokenizer, template), [question], [""], for_generation=True)[
+        "input_ids"
+    ]
 
 
-def encode_qa(tokenizer, questions: list[str], answers: list[str], max_length: int = 512) -> Encoded:
-    """Tokenises prompt + answer (+ EOS); labels are the answer tokens only. Sequences
-    longer than ``max_length`` are cut at the right (the answer's end)."""
+def encode_qa(
+    tokenizer,
+    questions: list[str],
+    answers: list[str],
+    max_length: int = 512,
+    *,
+    template: Template | str = "auto",
+) -> Encoded:
+    """Encodes each question/answer as open-unlearning does (``preprocess_chat_instance``, see
+    :func:`unlearnx.data.template.encode_chat`): the whole conversation through ``template`` (a
+    :class:`Template` or a preset name; ``auto``: the tokenizer's chat template if it has one,
+    else ``Question: ...\nAnswer: ...``), EOS appended if absent, labels the answer tokens (-100
+    on the prompt and padding). Sequences longer than ``max_length`` are cut at the right."""
     if len(questions) != len(answers):
         raise ValueError(f"answers: {len(answers)} answers for {len(questions)} questions")
-    rows, masks = [], []
-    for q, a in zip(questions, answers, strict=True):
-        prompt = tokenizer(prompt_text(tokenizer, q), add_special_tokens=True)["input_ids"]
-        answer = tokenizer(" " + a, add_special_tokens=False)["input_ids"]
-        if tokenizer.eos_token_id is not None:
-            answer = [*answer, tokenizer.eos_token_id]
-        ids = (prompt + answer)[:max_length]
-        rows.append(ids)
-        masks.append([0] * min(len(prompt), len(ids)) + [1] * max(0, len(ids) - len(prompt)))
-    width = max(len(r) for r in rows)
+    chosen = _template(tokenizer, template)
+    encoded = [
+        encode_chat(tokenizer, chosen, [q], [a], max_length=max_length)
+        for q, a in zip(questions, answers, strict=True)
+    ]
+    ids = [torch.tensor(e["input_ids"][:max_length]) for e in encoded]
+    labels = [torch.tensor(e["labels"][:max_length]) for e in encoded]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    for i, (ids, answer_mask) in enumerate(zip(rows, masks, strict=True)):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention[i, : len(ids)] = 1
-        on_answer = torch.tensor(answer_mask, dtype=torch.bool)
-        labels[i, : len(ids)] = torch.where(on_answer, torch.tensor(ids), -100)
-    return Encoded(input_ids, attention, labels)
+    return Encoded(
+        pad_sequence(ids, batch_first=True, padding_value=pad),
+        pad_sequence([torch.ones_like(i) for i in ids], batch_first=True, padding_value=0),
+        pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX),
+    )
+
+
+def _template(tokenizer, template: Template | str) -> Template:
+    return template if isinstance(template, Template) else template_for(tokenizer, template)
 
 
 def load_hf_data(spec: str) -> list[tuple[str, str]] | list[str]:

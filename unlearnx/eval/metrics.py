@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from unlearnx import functional
-from unlearnx.data.tofu import encode_qa, prompt_text
+from unlearnx.data.tofu import encode_qa, prompt_ids
 from unlearnx.integrations.transformers import hidden_states
 
 
@@ -47,7 +47,7 @@ def greedy_generate(
     model, tokenizer, questions: list[str], *, batch_size: int = 8, max_new_tokens: int = 64
 ) -> list[str]:
     """Greedy continuations of each question's prompt, decoded without special tokens."""
-    prompts = [tokenizer(prompt_text(tokenizer, q))["input_ids"] for q in questions]
+    prompts = [prompt_ids(tokenizer, q) for q in questions]
     return greedy_continue(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens)
 
 
