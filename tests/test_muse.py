@@ -197,6 +197,36 @@ def test_unlearn_on_muse_text_with_muse_eval_during_training(setup, tmp_path) ->
     assert (out / "eval" / "best" / "eval_summary.json").is_file()
 
 
+def test_sequential_requests_on_muse_sust_with_the_benchmark_after_each(setup, tmp_path) -> None:
+    """MUSE's sustainability: the sust requests one after another, the MUSE metrics before the
+    first request (equal to a direct evaluation of the original model) and after each."""
+    from unlearnx.cli import main
+
+    root, tok, model = setup
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    out = tmp_path / "run"
+    argv = ["unlearn", "--model", str(folder), "--method", "npo", "--out", str(out)]
+    argv += [
+        "--requests",
+        f"hf:{root}:sust:forget_1,hf:{root}:sust:forget_2",
+        "--retain",
+        f"hf:{root}:raw:retain1",
+    ]
+    argv += ["--max-length", "16", "--max-steps", "2", "--lr", "1e-3"]
+    assert main([*argv, "--eval", "muse", "--eval-data", str(root), "--eval-limit", "2"]) == 0
+    history = json.loads((out / "requests.json").read_text())["history"]
+    assert [h["request"] for h in history] == [0, 1, 2]
+    before, _ = muse.evaluate_muse(model, tok, root, template=TEMPLATES["qa-tags"], limit=2)
+    assert history[0]["benchmark"] == pytest.approx(before)
+    assert all(set(muse.DEFAULT_METRICS) <= set(h["benchmark"]) for h in history)
+    table = (out / "requests.md").read_text()
+    assert "| metric | after none | after 1 | after 2 |" in table and "| forget_verbmem_ROUGE |" in table
+    assert (out / "requests.png").stat().st_size > 0
+    assert main([*argv, "--eval", "muse", "--eval-data", str(root), "--eval-criterion", "privleak"]) == 2
+
+
 def test_unlearn_refuses_bad_muse_settings_before_loading(setup, tmp_path, capsys) -> None:
     from unlearnx.cli import main
 

@@ -361,8 +361,9 @@ def test_unlearn_requests_rejects_bad_settings(job, tmp_path: Path, capsys) -> N
                 "--eval-data",
                 str(tmp_path),
             ],
-            "--eval",
+            "--eval-every: not with --requests",
         ),
+        ([*_requests_args(job, str(a)), "--resume"], "--resume: not with --requests"),
     ]
     for argv, needle in cases:
         assert main(argv) == 2, needle

@@ -22,13 +22,21 @@ from transformers import TrainerCallback
 from unlearnx.eval import report, tofu
 from unlearnx.integrations.transformers import is_sharded
 
+PLOT_KEYS = {
+    "tofu": ("model_utility", "forget/prob"),
+    "muse": ("retain_knowmem_ROUGE", "forget_knowmem_ROUGE", "forget_verbmem_ROUGE"),
+}
+"""The summary keys plotted by default for each benchmark."""
 
-def _flatten(summary: Mapping, prefix: str = "") -> dict[str, float]:
+
+def flatten_summary(summary: Mapping, prefix: str = "") -> dict[str, float]:
+    """The numbers of a nested summary under ``/``-joined keys (``{"forget": {"prob": p}}`` ->
+    ``{"forget/prob": p}``)."""
     out = {}
     for k, v in summary.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping):
-            out.update(_flatten(v, key + "/"))
+            out.update(flatten_summary(v, key + "/"))
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out[key] = float(v)
     return out
@@ -55,7 +63,7 @@ class EvalCallback(TrainerCallback):
         every_epochs: int | None = None,
         criterion: str = "model_utility",
         mode: str = "max",
-        history_plot: tuple[str, ...] = ("model_utility", "forget/prob"),
+        history_plot: tuple[str, ...] = PLOT_KEYS["tofu"],
     ) -> None:
         if every_steps is None and every_epochs is None:
             raise ValueError("every_steps, every_epochs: set at least one")
@@ -90,7 +98,7 @@ class EvalCallback(TrainerCallback):
             model.eval()
             summary = self.evaluate(model)
             model.train(was_training)
-            record = {"step": state.global_step, "epoch": state.epoch, **_flatten(summary)}
+            record = {"step": state.global_step, "epoch": state.epoch, **flatten_summary(summary)}
             self.history.append(record)
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with (self.out_dir / "eval_history.jsonl").open("a") as f:
@@ -120,6 +128,23 @@ class EvalCallback(TrainerCallback):
         shutil.rmtree(old, ignore_errors=True)
 
 
+def benchmark_evaluator(
+    benchmark: str, tokenizer, data: str | Path, **options
+) -> Callable[[object], Mapping]:
+    """``model -> summary`` of :func:`unlearnx.eval.tofu.evaluate_tofu` (``data``: the TOFU
+    folder) or :func:`unlearnx.eval.muse.evaluate_muse` (``data``: a MUSE hub id or folder;
+    ``template``: a preset name, default ``auto``); ``options`` go to that function."""
+    if benchmark == "tofu":
+        return lambda model: tofu.evaluate_tofu(model, tokenizer, Path(data), **options)[0]
+    if benchmark == "muse":
+        from unlearnx.data.template import template_for
+        from unlearnx.eval import muse
+
+        template = template_for(tokenizer, options.pop("template", "auto"))
+        return lambda model: muse.evaluate_muse(model, tokenizer, data, template=template, **options)[0]
+    raise ValueError(f"benchmark: expected tofu or muse, got {benchmark!r}")
+
+
 def _callback_options(options: dict) -> dict:
     """Pops :class:`EvalCallback`'s own settings out of ``options``; the rest go to the evaluation."""
     keys = ("every_steps", "every_epochs", "criterion", "mode", "history_plot")
@@ -133,10 +158,7 @@ class TofuEvalCallback(EvalCallback):
     def __init__(self, tokenizer, data_dir: str | Path, out_dir: str | Path, **options) -> None:
         own = _callback_options(options)
         super().__init__(
-            lambda model: tofu.evaluate_tofu(model, tokenizer, Path(data_dir), **options)[0],
-            tokenizer,
-            out_dir,
-            **own,
+            benchmark_evaluator("tofu", tokenizer, data_dir, **options), tokenizer, out_dir, **own
         )
 
 
@@ -145,16 +167,7 @@ class MuseEvalCallback(EvalCallback):
     ``source``; criteria are OU's metric names (default ``retain_knowmem_ROUGE``, max)."""
 
     def __init__(self, tokenizer, source: str | Path, out_dir: str | Path, **options) -> None:
-        from unlearnx.data.template import template_for
-        from unlearnx.eval import muse
-
         options.setdefault("criterion", "retain_knowmem_ROUGE")
-        options.setdefault("history_plot", ("retain_knowmem_ROUGE", "forget_verbmem_ROUGE"))
+        options.setdefault("history_plot", PLOT_KEYS["muse"])
         own = _callback_options(options)
-        template = template_for(tokenizer, options.pop("template", "auto"))
-        super().__init__(
-            lambda model: muse.evaluate_muse(model, tokenizer, source, template=template, **options)[0],
-            tokenizer,
-            out_dir,
-            **own,
-        )
+        super().__init__(benchmark_evaluator("muse", tokenizer, source, **options), tokenizer, out_dir, **own)

@@ -114,7 +114,8 @@ def add_parser(sub) -> None:
     e = p.add_argument_group(
         "evaluation during training",
         "--eval tofu|muse runs the TOFU or MUSE metrics every --eval-every steps (unlearnx.eval.callback): "
-        "OUT/eval/eval_history.jsonl and .png, and OUT/eval/best, the best model by --eval-criterion",
+        "OUT/eval/eval_history.jsonl and .png, and OUT/eval/best, the best model by --eval-criterion; "
+        "with --requests, before the first request and after each (in OUT/requests.*)",
     )
     e.add_argument("--eval", choices=EVAL_BENCHMARKS, help="benchmark to evaluate during training")
     e.add_argument("--eval-every", dest="eval_every", type=int, help="evaluate every N optimiser steps")
@@ -303,10 +304,12 @@ def plan(args: argparse.Namespace) -> dict:
             f"--retain: method {method!r} uses a {retain_term!r} retain term and needs a retain set"
         )
     device, resume = settings.pop("device", None), bool(settings.pop("resume", False))
-    evaluation = _plan_eval({k: settings.pop(k) for k in list(settings) if k in EVAL_KEYS})
+    evaluation = _plan_eval(
+        {k: settings.pop(k) for k in list(settings) if k in EVAL_KEYS}, after_requests=bool(requests)
+    )
     lora = _plan_lora({k: settings.pop(k) for k in list(settings) if k in LORA_KEYS})
-    if requests and (evaluation or resume):
-        raise ValueError(f"--{'eval' if evaluation else 'resume'}: not with --requests (yet)")
+    if requests and resume:
+        raise ValueError("--resume: not with --requests (yet)")
     _check_sharding_settings(settings)
     config = UnlearnConfig(method=method, hparams=hparams, retain=retain_term, **settings)
     if not (isinstance(config.report_examples, int) and config.report_examples >= 0):
@@ -412,8 +415,10 @@ EVAL_BENCHMARKS = ["tofu", "muse"]
 _EVAL_SPLITS = ("retain_perturbed", "real_authors_perturbed", "world_facts_perturbed")
 
 
-def _plan_eval(options: dict) -> dict | None:
-    """The --eval-* settings, checked (the data's files included) before any model loads."""
+def _plan_eval(options: dict, *, after_requests: bool = False) -> dict | None:
+    """The --eval-* settings, checked (the data's files included) before any model loads. With
+    ``after_requests`` the benchmark runs before the first request and after each, so there is
+    no --eval-every and no best checkpoint (--eval-criterion, --eval-mode)."""
     benchmark = options.pop("eval", None)
     if benchmark is None:
         if options:
@@ -424,7 +429,14 @@ def _plan_eval(options: dict) -> dict | None:
     if benchmark not in EVAL_BENCHMARKS:
         raise ValueError(f"--eval: expected one of {EVAL_BENCHMARKS}, got {benchmark!r}")
     every = options.pop("eval_every", None)
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+    if after_requests:
+        for key in ("eval_every", "eval_criterion", "eval_mode"):
+            if key in options or (key == "eval_every" and every is not None):
+                raise ValueError(
+                    f"--{key.replace('_', '-')}: not with --requests (the benchmark runs before the "
+                    "first request and after each; no best checkpoint is kept)"
+                )
+    elif isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"--eval-every: expected a positive int with --eval, got {every!r}")
     split = options.pop("eval_split", None if benchmark == "muse" else "forget10")
     if benchmark == "muse" and split is not None:
@@ -553,6 +565,15 @@ def _run_requests(job: dict, model, tok) -> int:
     from unlearnx.train.sequential import plot_requests, requests_table, unlearn_requests
 
     req, cfg = job["requests"], job["config"]
+    evaluate, plot_keys = None, ()
+    if job["eval"]:
+        from unlearnx.eval.callback import PLOT_KEYS, benchmark_evaluator
+
+        ev = job["eval"]
+        data = ev["source"] if ev["benchmark"] == "muse" else ev["data_dir"]
+        options = {k: ev[k] for k in ("limit", "forget_split") if k in ev}
+        evaluate = benchmark_evaluator(ev["benchmark"], tok, data, **options)
+        plot_keys = PLOT_KEYS[ev["benchmark"]]
     result = unlearn_requests(
         model,
         tok,
@@ -563,6 +584,7 @@ def _run_requests(job: dict, model, tok) -> int:
         mode=req["mode"],
         reference=req["reference"],
         limit=cfg.report_examples or None,
+        evaluate=evaluate,
     )
     _save_result(model, tok, job["out"])
     record = {
@@ -573,7 +595,7 @@ def _run_requests(job: dict, model, tok) -> int:
     (job["out"] / "requests.json").write_text(json.dumps(record, indent=1) + "\n")
     table = requests_table(result)
     (job["out"] / "requests.md").write_text(table)
-    plot_requests(result, job["out"] / "requests.png")
+    plot_requests(result, job["out"] / "requests.png", plot_keys)
     print(table, end="")
     print(f"unlearned {len(req['paths'])} {req['mode']} requests; model saved to {job['out'] / 'model'}")
     return 0
