@@ -44,10 +44,12 @@ TEMPLATES: dict[str, Template] = {
 
 
 def template_for(tokenizer, name: str = "auto") -> Template:
-    """A preset of :data:`TEMPLATES` by name; ``"auto"``: ``"chat"`` if the tokenizer has a chat
-    template, else ``"qa-tags"``."""
+    """A preset of :data:`TEMPLATES` by name; ``"auto"``: ``"llama3"`` if the tokenizer's chat
+    template stamps a date (``date_string``: Llama-3.x, whose OU configs fix the date and system
+    prompt), else ``"chat"`` if it has a chat template, else ``"qa-tags"``."""
     if name == "auto":
-        name = "chat" if getattr(tokenizer, "chat_template", None) else "qa-tags"
+        chat = getattr(tokenizer, "chat_template", None)
+        name = "qa-tags" if not chat else "llama3" if "date_string" in str(chat) else "chat"
     if name not in TEMPLATES:
         raise ValueError(f"template: expected auto or one of {sorted(TEMPLATES)}, got {name!r}")
     return TEMPLATES[name]
