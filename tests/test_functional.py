@@ -48,7 +48,7 @@ CASES = [
     Case("npo", F.npo_loss, R.npo_loss, extra="ref_logps", kwargs=(("beta", 0.5),)),
     # beta 0.5 keeps the sigmoid unsaturated at these sizes (at 2.5 the loss is ~1e-9 and
     # any ulp of S is amplified ~20x, which says nothing about either implementation)
-    Case("simnpo", F.simnpo_loss, R.simnpo_loss, kwargs=(("beta", 0.5), ("gamma", 0.3))),
+    Case("simnpo", F.simnpo_loss, R.simnpo_loss, kwargs=(("beta", 0.5), ("delta", 0.6))),
     Case("flatten", F.margin_flatten_loss, R.margin_flatten_loss),
     Case("kl", F.kl_loss, R.kl_loss, extra="ref"),
     Case("dipo", F.dipo_loss, R.dipo_loss, extra="ref", kwargs=(("top_k", 3), ("shift", 0.7), ("beta", 0.5))),
@@ -225,12 +225,10 @@ def test_closed_forms() -> None:
     for beta in (0.1, 1.0):
         npo = F.npo_loss(x, w, p.t, sums, beta=beta, reduction="none")
         torch.testing.assert_close(npo, torch.full_like(npo, 2 / beta * math.log(2)))
-    # SimNPO: delta is the code's margin, gamma = beta * delta the paper's
+    # SimNPO as OU and the authors' code write it: -(2/beta) logsigmoid(beta (-S/|y| - delta))
     a = F.simnpo_loss(x, w, p.t, beta=2.0, delta=0.25, reduction="none")
-    b = F.simnpo_loss(x, w, p.t, beta=2.0, gamma=0.5, reduction="none")
-    torch.testing.assert_close(a, b)
-    expected = -(2 / 2.0) * torch.nn.functional.logsigmoid(-(2.0 / counts) * sums - 0.5)
-    torch.testing.assert_close(b, expected)
+    expected = -(2 / 2.0) * torch.nn.functional.logsigmoid(2.0 * (-sums / counts - 0.25))
+    torch.testing.assert_close(a, expected)
     # NLL mean is the HF token mean
     hf = torch.nn.functional.cross_entropy((x @ w.t()).reshape(-1, 29), p.t.reshape(-1), ignore_index=IGNORE)
     torch.testing.assert_close(F.nll_loss(x, w, p.t), hf)
@@ -284,7 +282,7 @@ def _bad_calls():
     yield "ref_logps", ValueError, lambda: F.npo_loss(x, w, t, r[:1])
     yield "ref_logps", TypeError, lambda: F.npo_loss(x, w, t, r.long())
     yield "beta", ValueError, lambda: F.npo_loss(x, w, t, r, beta=0.0)
-    yield "gamma, delta", ValueError, lambda: F.simnpo_loss(x, w, t, gamma=0.1, delta=0.1)
+    yield "delta", TypeError, lambda: F.simnpo_loss(x, w, t, delta="0.1")
     xr, wr = p.xr.float(), p.wr.float()
     yield "ref_input", TypeError, lambda: F.kl_loss(x, w, t, xr.double(), wr)
     yield "ref_input", ValueError, lambda: F.kl_loss(x, w, t, xr[:1], wr)

@@ -38,11 +38,9 @@ def target(tmp_path_factory):
         tok,
         forget + retain,
         None,
-        UnlearnConfig(
-            method="ga", hparams={}, forget_weight=-1.0, learning_rate=3e-3, epochs=40, batch_size=8
-        ),
-        tmp_path_factory.mktemp("target"),  # "ga" with forget weight -1 is plain NLL fine-tuning
-    )  # "ga" with weight -1 is plain fine-tuning on NLL
+        UnlearnConfig(method="ga", hparams={"gamma": -1.0}, learning_rate=3e-3, epochs=40, batch_size=8),
+        tmp_path_factory.mktemp("target"),
+    )  # "ga" with forget weight gamma = -1 is plain NLL fine-tuning
     return model.eval(), tok, forget, retain
 
 
@@ -60,12 +58,14 @@ def test_every_method_lowers_forget_logprob(target, method: str, tmp_path: Path)
     retain_before = _mean_logp(base, tok, retain)
     assert before > -1.0  # memorised
     model = copy.deepcopy(base)
+    # OU's SimNPO weighs its forget term 0.125 (against 10 epochs); these 3 steps weigh it 1
+    hparams = {"gamma": 1.0} if method == "simnpo" else {}
     result = unlearn(
         model,
         tok,
         forget,
         retain,
-        UnlearnConfig(method=method, learning_rate=1e-3, epochs=3, batch_size=4),
+        UnlearnConfig(method=method, hparams=hparams, learning_rate=1e-3, epochs=3, batch_size=4),
         tmp_path,
     )
     after = _mean_logp(model.eval(), tok, forget)
@@ -88,11 +88,18 @@ def test_resolve_rejects_bad_settings() -> None:
     with pytest.raises(ValueError, match="method"):
         resolve("forgetall")
     with pytest.raises(ValueError, match="hparams"):
-        resolve("npo", {"gamma": 1.0})
+        resolve("npo", {"delta": 1.0})
     with pytest.raises(ValueError, match="retain"):
         resolve("pdu", retain="none")
-    _, hp, retain = resolve("simnpo", {"beta": 1.0})
-    assert hp == {"beta": 1.0, "gamma": 0.0} and retain == "nll"
+    with pytest.raises(ValueError, match="contradicts"):
+        resolve("npo", {"retain_loss_type": "KL"}, retain="nll")
+    with pytest.raises(ValueError, match="has no retain term"):
+        resolve("ga", retain="nll")
+    # OU's SimNPO method_args (configs/trainer/SimNPO.yaml at d3d7cf9), ported by copying
+    ou = {"delta": 0.0, "beta": 4.5, "alpha": 1.0, "gamma": 0.125, "retain_loss_type": "NLL"}
+    _, hp, retain = resolve("simnpo")
+    assert hp == ou and retain == "nll"
+    assert resolve("npo", {"retain_loss_type": "KL"})[2] == "kl" and resolve("npo", retain="kl")[2] == "kl"
     # DTO is self-contained (no retain data) unless a retain term is asked for
     assert resolve("dto")[2] == "none" and resolve("dto", retain="kl")[2] == "kl"
 
@@ -262,3 +269,27 @@ def test_lr_schedule_and_warmup_reach_the_optimiser(target, tmp_path: Path) -> N
     peak = rates.index(max(rates))
     assert max(rates) == pytest.approx(1e-3), rates
     assert 0 < peak < 3 and rates[0] < rates[peak] and rates[3] < rates[peak], rates  # up, then down
+
+
+def test_retain_pairing_is_fresh_per_epoch_unless_fixed() -> None:
+    from unlearnx.train.data import PairedDataset
+
+    forget = [{"index": torch.tensor(i)} for i in range(2)]
+    retain = [{"index": torch.tensor(j)} for j in range(50)]
+
+    def partners(pairing: str, seed: int = 0) -> list[int]:
+        ds = PairedDataset(forget, retain, seed, pairing)
+        out = []
+        for epoch in range(20):
+            ds.set_epoch(epoch)
+            out.append(int(ds[0]["retain"]["index"]))
+            assert int(ds[0]["retain"]["index"]) == out[-1]  # the same within an epoch (resumable)
+        return out
+
+    random_draws = partners("random")
+    assert len(set(random_draws)) > 5 and random_draws == partners("random")  # fresh, yet seeded
+    assert random_draws != partners("random", seed=1)
+    assert len(set(partners("fixed"))) == 1
+    assert "retain" not in PairedDataset(forget, None)[0]
+    with pytest.raises(ValueError, match="pairing"):
+        PairedDataset(forget, retain, 0, "shuffled")

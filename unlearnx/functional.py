@@ -296,29 +296,26 @@ def simnpo_loss(
     weight: Tensor,
     target: Tensor,
     *,
-    beta: float = 2.5,
-    gamma: float | None = None,
-    delta: float | None = None,
+    beta: float = 4.5,
+    delta: float = 0.0,
     bias: Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
     chunk_size: int | None = None,
 ) -> Tensor:
-    """SimNPO (Fan et al. 2024), paper form: ``-(2/beta) log sigmoid(-(beta/|y|) S - gamma)``.
+    """SimNPO (Fan et al. 2024) as the authors' code and open-unlearning write it:
+    ``-(2/beta) log sigmoid(beta (-S/|y| - delta))``, ``S`` the summed answer log-prob.
 
-    ``gamma`` is the paper's margin (default 0). The authors' code writes
-    ``sigmoid(beta (-S/|y| - delta))``, i.e. ``gamma = beta * delta``: pass ``delta`` to use
-    the code's parameterisation. Passing both is an error. Reductions as :func:`npo_loss`.
+    The paper's margin ``gamma`` is ``beta * delta``; this package keeps the name ``gamma`` for
+    the forget-term weight (OU's ``method_args``), so the margin is given as ``delta``.
+    Defaults are OU's (``beta`` 4.5, ``delta`` 0). Reductions as :func:`npo_loss`.
     """
     _check_head(input, weight, target, bias)
     _check_options(reduction, chunk_size, ignore_index)
     _check_positive("beta", beta)
-    if gamma is not None and delta is not None:
-        raise ValueError("gamma, delta: pass one margin (gamma = beta * delta), not both")
-    for name, value in (("gamma", gamma), ("delta", delta)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise TypeError(f"{name}: expected a number, got {value!r}")
-    margin = float(beta * delta) if delta is not None else float(gamma or 0.0)
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)):
+        raise TypeError(f"delta: expected a number, got {delta!r}")
+    margin = float(beta * delta)
     return _sequence_objective(
         "simnpo",
         input,

@@ -64,16 +64,14 @@ class SimNPOLoss(_FusedLoss):
     def __init__(
         self,
         *,
-        beta: float = 2.5,
-        gamma: float | None = None,
-        delta: float | None = None,
+        beta: float = 4.5,
+        delta: float = 0.0,
         ignore_index: int = -100,
         reduction: str = "mean",
         chunk_size: int | None = None,
     ) -> None:
         super().__init__(
             beta=beta,
-            gamma=gamma,
             delta=delta,
             ignore_index=ignore_index,
             reduction=reduction,

@@ -70,16 +70,14 @@ def simnpo_loss(
     weight: Tensor,
     target: Tensor,
     *,
-    beta: float = 2.5,
-    gamma: float | None = None,
-    delta: float | None = None,
+    beta: float = 4.5,
+    delta: float = 0.0,
     bias: Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
 ) -> Tensor:
-    margin = beta * delta if delta is not None else (gamma or 0.0)
     sums, counts = sequence_logprobs(input, weight, target, bias=bias, ignore_index=ignore_index)
-    return reduce_sequences("simnpo", sums, counts, None, [beta, margin], reduction)
+    return reduce_sequences("simnpo", sums, counts, None, [beta, beta * delta], reduction)
 
 
 def _logits(input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

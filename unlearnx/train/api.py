@@ -15,7 +15,7 @@ from unlearnx.integrations.transformers import is_sharded
 from unlearnx.train.cache import ReferenceCache
 from unlearnx.train.data import PairCollator, PairedDataset, QADataset
 from unlearnx.train.methods import RETAIN_TERMS, Method, resolve, retain_nll
-from unlearnx.train.trainer import MetricsJsonl, PrimalDual, UnlearnTrainer
+from unlearnx.train.trainer import MetricsJsonl, PairingEpoch, PrimalDual, UnlearnTrainer
 
 
 @dataclass
@@ -26,8 +26,6 @@ class UnlearnConfig:
     method: str = "npo"
     hparams: dict = field(default_factory=dict)
     retain: str | None = None
-    forget_weight: float = 1.0
-    retain_weight: float = 1.0
     learning_rate: float = 1e-5
     # transformers' scheduler names (constant, linear, cosine, ...); warm-up as a fraction of the
     # steps; AdamW's decoupled weight decay
@@ -39,6 +37,8 @@ class UnlearnConfig:
     grad_accum: int = 1
     max_length: int = 512
     seed: int = 0
+    # retain partner of a forget example: "random" at every access (OU), or "fixed" per example
+    retain_pairing: str = "random"
     bf16: bool = False
     dual_per_micro_batch: bool = False
     logging_steps: int = 1
@@ -107,7 +107,7 @@ def finetune(
 ) -> dict:
     """Plain NLL training on QA pairs or a dataset (labels on the answers), through the same
     fused path; builds the demo's target and retain models, and runs relearning attacks."""
-    method = Method(retain_nll, frozenset(), retain="none")
+    method = Method(retain_nll, frozenset())
     return _run(
         model,
         tokenizer,
@@ -219,11 +219,17 @@ def _run(
         fsdp_config=config.fsdp_config,
         deepspeed=config.deepspeed,
     )
-    callbacks = [MetricsJsonl(out_dir / "metrics.jsonl"), *([dual] if dual else []), *(callbacks or [])]
+    pairs = PairedDataset(forget_ds, retain_ds, config.seed, config.retain_pairing)
+    callbacks = [
+        MetricsJsonl(out_dir / "metrics.jsonl"),
+        PairingEpoch(pairs),
+        *([dual] if dual else []),
+        *(callbacks or []),
+    ]
     trainer = UnlearnTrainer(
         model=model,
         args=args,
-        train_dataset=PairedDataset(forget_ds, retain_ds, config.seed),
+        train_dataset=pairs,
         data_collator=PairCollator(pad_id),
         callbacks=callbacks,
         method=method,
@@ -231,8 +237,6 @@ def _run(
         retain=retain_term,
         forget_cache=forget_cache,
         retain_cache=retain_cache,
-        forget_weight=config.forget_weight,
-        retain_weight=config.retain_weight,
     )
     _check_sharding(trainer, config)
     has_checkpoint = resume and any((out_dir / "checkpoints").glob("checkpoint-*"))

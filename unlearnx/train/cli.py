@@ -10,9 +10,11 @@ from pathlib import Path
 
 from unlearnx.models import MODEL_HELP, check_model, load_pretrained
 from unlearnx.train.api import UnlearnConfig
+from unlearnx.train.data import PAIRINGS
 from unlearnx.train.methods import METHODS, resolve
 
 CONFIG_FIELDS = {f.name for f in fields(UnlearnConfig)}
+
 LR_SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine", "polynomial"]
 FILE_KEYS = {
     "model",
@@ -96,6 +98,13 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--max-length", dest="max_length", type=int, help="tokens per example (default 512)")
     p.add_argument("--seed", type=int, help="seed for pairing and training (default 0)")
+    p.add_argument(
+        "--retain-pairing",
+        dest="retain_pairing",
+        choices=PAIRINGS,
+        help="retain example of each forget example: random, drawn afresh every epoch "
+        "(default, as open-unlearning), or fixed for the whole run",
+    )
     p.add_argument("--bf16", action="store_true", default=None, help="bf16 mixed precision")
     p.add_argument("--save-steps", dest="save_steps", type=int, help="checkpoint every N steps (resumable)")
     p.add_argument(
@@ -314,6 +323,8 @@ def plan(args: argparse.Namespace) -> dict:
     config = UnlearnConfig(method=method, hparams=hparams, retain=retain_term, **settings)
     if not (isinstance(config.report_examples, int) and config.report_examples >= 0):
         raise ValueError(f"--report-examples: expected an int >= 0, got {config.report_examples!r}")
+    if config.retain_pairing not in PAIRINGS:
+        raise ValueError(f"--retain-pairing: expected one of {PAIRINGS}, got {config.retain_pairing!r}")
     if config.lr_scheduler not in LR_SCHEDULERS:
         raise ValueError(f"--lr-scheduler: expected one of {LR_SCHEDULERS}, got {config.lr_scheduler!r}")
     if not (isinstance(config.warmup_ratio, int | float) and 0 <= config.warmup_ratio < 1):

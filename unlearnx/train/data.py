@@ -37,22 +37,43 @@ class QADataset(Dataset):
         return self.items[i]
 
 
-class PairedDataset(Dataset):
-    """Each forget example with a retain example drawn by a seeded generator (the same pairs
-    on every rank and every run for a given seed); without a retain set, forget examples alone."""
+PAIRINGS = ("random", "fixed")
 
-    def __init__(self, forget: QADataset, retain: QADataset | None, seed: int = 0) -> None:
-        self.forget, self.retain = forget, retain
+
+class PairedDataset(Dataset):
+    """Each forget example with a retain example; without a retain set, forget examples alone.
+
+    ``pairing="random"`` (open-unlearning's ``ForgetRetainDataset``): a fresh retain example
+    every epoch: a draw seeded by ``(seed, epoch, forget index)``, so each epoch pairs afresh
+    while a run resumed from a checkpoint (or another rank) draws the same ones; the trainer
+    sets the epoch (:meth:`set_epoch`). ``"fixed"``: one partner per forget example for the
+    whole run. Both give the same pairs for a given seed on every run."""
+
+    def __init__(
+        self, forget: QADataset, retain: QADataset | None, seed: int = 0, pairing: str = "random"
+    ) -> None:
+        if pairing not in PAIRINGS:
+            raise ValueError(f"pairing: expected one of {PAIRINGS}, got {pairing!r}")
+        self.forget, self.retain, self.pairing, self.seed, self.epoch = forget, retain, pairing, seed, 0
+        fixed = pairing == "fixed" and retain is not None
         rng = random.Random(seed)
-        self.pairs = [rng.randrange(len(retain)) for _ in range(len(forget))] if retain is not None else None
+        self.pairs = [rng.randrange(len(retain)) for _ in range(len(forget))] if fixed else None
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose random pairs ``__getitem__`` draws (``pairing="random"``)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.forget)
 
     def __getitem__(self, i: int) -> dict:
         item = {"forget": self.forget[i]}
-        if self.pairs is not None:
-            item["retain"] = self.retain[self.pairs[i]]
+        if self.retain is not None:
+            if self.pairs is not None:
+                j = self.pairs[i]
+            else:  # a str seed is hashed with SHA-512: the same draw in every process
+                j = random.Random(f"{self.seed}/{self.epoch}/{i}").randrange(len(self.retain))
+            item["retain"] = self.retain[j]
         return item
 
 

@@ -1,5 +1,11 @@
 """Unlearning methods by name: a forget term on the fused path, the reference-cache items it
-needs, its default hyper-parameters and its default retain term (DESIGN section 3).
+needs and its default hyper-parameters (DESIGN section 3).
+
+Hyper-parameters carry open-unlearning's ``method_args`` names and defaults (commit d3d7cf9,
+``configs/trainer/*.yaml``), so a config written for OU's trainers ports by copying them:
+``gamma`` weighs the forget term and ``alpha`` the retain term (both 1.0 by default; SimNPO's
+``gamma`` 0.125), ``retain_loss_type`` picks the retain term (``NLL``, ``KL``, or ``none``),
+``beta`` is NPO's/SimNPO's inverse temperature (0.1 / 4.5), ``delta`` SimNPO's margin (0).
 
 Every term is ``fn(hidden, weight, target, bias, ref, hp)`` with ``hidden (B, T-1, D)`` and
 ``target (B, T-1)`` already shifted, and ``ref`` the batch's reference-cache entries shifted
@@ -32,7 +38,7 @@ def _npo(h, w, t, b, ref, hp):
 
 
 def _simnpo(h, w, t, b, ref, hp):
-    return F.simnpo_loss(h, w, t, beta=hp["beta"], gamma=hp["gamma"], bias=b)
+    return F.simnpo_loss(h, w, t, beta=hp["beta"], delta=hp["delta"], bias=b)
 
 
 def _dipo(h, w, t, b, ref, hp):
@@ -72,36 +78,47 @@ RETAIN_TERMS: dict[str, tuple[Term, frozenset[str]]] = {
 class Method:
     forget: Term
     needs: frozenset[str]  # reference-cache items of the forget set
-    defaults: dict = field(default_factory=dict)
-    retain: str = "nll"  # "nll", "kl" or "none"
+    defaults: dict = field(default_factory=dict)  # with retain_loss_type where a retain term can be used
     dual: bool = False  # primal-dual retain constraint (PDU)
     dto_options: tuple[str, ...] = ()  # hparams forwarded to dto_target_mask when building the cache
 
 
+def _weights(gamma: float = 1.0, retain: str | None = "NLL") -> dict:
+    """OU's forget weight ``gamma``, and where a retain term can be used, its weight ``alpha``
+    and ``retain_loss_type``."""
+    return {"gamma": gamma} if retain is None else {"gamma": gamma, "alpha": 1.0, "retain_loss_type": retain}
+
+
 METHODS: dict[str, Method] = {
-    "ga": Method(_ga, frozenset(), retain="none"),
-    "grad_diff": Method(_ga, frozenset(), retain="nll"),
-    "npo": Method(_npo, frozenset({"seq_logp"}), {"beta": 0.1}),
-    "simnpo": Method(_simnpo, frozenset(), {"beta": 2.5, "gamma": 0.0}),
-    "dipo": Method(_dipo, frozenset({"hidden"}), {"top_k": 1, "shift": 1.0, "beta": 1.0}),
+    # OU's GradAscent has no method_args; gamma scales its term like every other method's
+    "ga": Method(_ga, frozenset(), _weights(retain=None)),
+    "grad_diff": Method(_ga, frozenset(), _weights()),
+    "npo": Method(_npo, frozenset({"seq_logp"}), {"beta": 0.1, **_weights()}),
+    "simnpo": Method(_simnpo, frozenset(), {"beta": 4.5, "delta": 0.0, **_weights(gamma=0.125)}),
+    "dipo": Method(_dipo, frozenset({"hidden"}), {"top_k": 1, "shift": 1.0, "beta": 1.0, **_weights()}),
     # authors' TOFU setting (arXiv 2506.05314): lambda0 100, eta 5, eps 0.3, 5 warm-up epochs
     "pdu": Method(
-        _flatten, frozenset(), {"lambda0": 100.0, "eta": 5.0, "eps": 0.3, "warmup_steps": 0}, dual=True
+        _flatten,
+        frozenset(),
+        {"lambda0": 100.0, "eta": 5.0, "eps": 0.3, "warmup_steps": 0, **_weights()},
+        dual=True,
     ),
     # self-contained, as its paper says: no retain data (its KL on the non-target tokens of
     # the forget set is what keeps utility), so no retain term unless one is asked for
     "dto": Method(
         _dto,
         frozenset({"hidden", "dto_mask"}),
-        {"beta": 0.1, "kl_weight": 1.0, "target_ratio": 0.3, "suffix_ratio": 1.0},
-        retain="none",
+        {"beta": 0.1, "kl_weight": 1.0, "target_ratio": 0.3, "suffix_ratio": 1.0, **_weights(retain="none")},
         dto_options=("target_ratio", "suffix_ratio"),
     ),
 }
+RETAIN_TYPES = ("nll", "kl", "none")
 
 
 def resolve(name: str, overrides: dict | None = None, retain: str | None = None) -> tuple[Method, dict, str]:
-    """``(method, hyper-parameters, retain term)`` with user overrides checked by name."""
+    """``(method, hyper-parameters, retain term)`` with user overrides checked by name. The
+    retain term (``nll``, ``kl`` or ``none``) is ``hparams["retain_loss_type"]`` (OU's name,
+    any case); ``retain`` sets it too, and may not contradict it."""
     if name not in METHODS:
         raise ValueError(f"method: unknown {name!r}; choose from {sorted(METHODS)}")
     m = METHODS[name]
@@ -111,9 +128,19 @@ def resolve(name: str, overrides: dict | None = None, retain: str | None = None)
             f"hparams: {sorted(unknown)} are not hyper-parameters of {name!r} "
             f"(it has {sorted(m.defaults) or 'none'})"
         )
-    retain = m.retain if retain is None else retain
-    if retain not in ("nll", "kl", "none"):
-        raise ValueError(f"retain: expected 'nll', 'kl' or 'none', got {retain!r}")
-    if m.dual and retain == "none":
+    hp = {**m.defaults, **(overrides or {})}
+    if "retain_loss_type" not in hp:
+        if retain not in (None, "none"):
+            raise ValueError(f"retain: {name!r} has no retain term, got {retain!r}")
+        return m, hp, "none"
+    given = {str(v).lower() for v in (retain, (overrides or {}).get("retain_loss_type")) if v is not None}
+    if len(given) > 1:
+        raise ValueError(
+            f"retain: {retain!r} contradicts hparams retain_loss_type={overrides['retain_loss_type']!r}"
+        )
+    term = given.pop() if given else str(hp["retain_loss_type"]).lower()
+    if term not in RETAIN_TYPES:
+        raise ValueError(f"retain: expected 'nll', 'kl' or 'none' (retain_loss_type NLL, KL), got {term!r}")
+    if m.dual and term == "none":
         raise ValueError("retain: pdu needs a retain term (its constraint is on the retain loss)")
-    return m, {**m.defaults, **(overrides or {})}, retain
+    return m, hp, term

@@ -4,6 +4,7 @@ the reference cache instead of a second model, and the primal-dual retain constr
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -63,6 +64,18 @@ class PrimalDual(TrainerCallback, ExportableState):
             self.lam = max(0.0, self.lam + self.eta * (float(mean[0] / mean[1]) - self.eps))
 
 
+class PairingEpoch(TrainerCallback):
+    """Tells a ``PairedDataset`` which epoch starts, so random retain pairs are fresh per epoch
+    and the same after a resume (the restored ``state.epoch`` is mid-epoch there)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch accumulates fractions of an epoch: 0.9999999 at the start of epoch 1
+        self.dataset.set_epoch(math.floor((state.epoch or 0.0) + 1e-6))
+
+
 class MetricsJsonl(TrainerCallback):
     """Appends every log record (losses, lambda, step) to ``path`` as JSON Lines (main process)."""
 
@@ -92,8 +105,9 @@ def _shifted(ref: dict[str, Tensor]) -> dict[str, Tensor]:
 
 class UnlearnTrainer(Trainer):
     """``Trainer`` whose batches are ``{"forget": ..., "retain": ...}`` (see
-    ``train.data.PairCollator``) and whose loss is ``forget_weight * L_f + retain_weight * L_r``,
-    or ``L_f + lambda (L_r - eps)`` when a :class:`PrimalDual` is among the callbacks."""
+    ``train.data.PairCollator``) and whose loss is ``gamma * L_f + alpha * L_r`` (OU's names,
+    from ``hparams``), or ``gamma * L_f + lambda (L_r - eps)`` when a :class:`PrimalDual` is
+    among the callbacks."""
 
     def __init__(
         self,
@@ -103,15 +117,12 @@ class UnlearnTrainer(Trainer):
         retain: str,
         forget_cache: ReferenceCache | None,
         retain_cache: ReferenceCache | None,
-        forget_weight: float = 1.0,
-        retain_weight: float = 1.0,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         patch_causal_lm(self.model)
         self.method, self.hparams, self.retain = method, hparams, retain
         self.forget_cache, self.retain_cache = forget_cache, retain_cache
-        self.forget_weight, self.retain_weight = forget_weight, retain_weight
 
     @property
     def dual(self) -> PrimalDual | None:
@@ -168,8 +179,9 @@ class UnlearnTrainer(Trainer):
         logs = {"forget_loss": float(forget.detach())}
         if forget_logp:
             logs["forget_logp"] = forget_logp[0]
+        gamma = self.hparams.get("gamma", 1.0)
         if self.retain == "none":
-            loss = self.forget_weight * forget
+            loss = gamma * forget
         else:
             if "retain" not in inputs:
                 raise ValueError(
@@ -186,10 +198,10 @@ class UnlearnTrainer(Trainer):
             dual = self.dual
             if dual is not None:
                 dual.observe(retain.detach())
-                loss = forget + dual.lam * (retain - dual.eps)
+                loss = gamma * forget + dual.lam * (retain - dual.eps)
                 logs["lambda"] = dual.lam
             else:
-                loss = self.forget_weight * forget + self.retain_weight * retain
+                loss = gamma * forget + self.hparams.get("alpha", 1.0) * retain
         if self.model.training:
             self._unlearnx_logs = logs
         return (loss, None) if return_outputs else loss
