@@ -19,6 +19,9 @@ from unlearnx.train.methods import METHODS, resolve
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"TOFU data not found at {DATA}")
 
+# The tests' schedule: constant rate, no warm-up, decay or accumulation (the defaults are OU's)
+QUICK = {"lr_scheduler": "constant", "warmup_epochs": 0.0, "weight_decay": 0.0, "grad_accum": 1}
+
 
 def _mean_logp(model, tok, pairs) -> float:
     s, c = answer_logprobs(model, tok, [q for q, _ in pairs], [a for _, a in pairs])
@@ -38,7 +41,9 @@ def target(tmp_path_factory):
         tok,
         forget + retain,
         None,
-        UnlearnConfig(method="ga", hparams={"gamma": -1.0}, learning_rate=3e-3, epochs=40, batch_size=8),
+        UnlearnConfig(
+            **QUICK, method="ga", hparams={"gamma": -1.0}, learning_rate=3e-3, epochs=40, batch_size=8
+        ),
         tmp_path_factory.mktemp("target"),
     )  # "ga" with forget weight gamma = -1 is plain NLL fine-tuning
     return model.eval(), tok, forget, retain
@@ -65,7 +70,7 @@ def test_every_method_lowers_forget_logprob(target, method: str, tmp_path: Path)
         tok,
         forget,
         retain,
-        UnlearnConfig(method=method, hparams=hparams, learning_rate=1e-3, epochs=3, batch_size=4),
+        UnlearnConfig(**QUICK, method=method, hparams=hparams, learning_rate=1e-3, epochs=3, batch_size=4),
         tmp_path,
     )
     after = _mean_logp(model.eval(), tok, forget)
@@ -112,6 +117,7 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(target, tmp_
 
     base, tok, forget, retain = target
     cfg = UnlearnConfig(
+        **QUICK,
         method="pdu",
         learning_rate=1e-3,
         max_steps=4,
@@ -184,7 +190,7 @@ def test_lora_through_peft_trains_only_the_adapters(target, tmp_path: Path) -> N
         tok,
         forget,
         retain,
-        UnlearnConfig(method="npo", learning_rate=1e-2, epochs=3, batch_size=4),
+        UnlearnConfig(**QUICK, method="npo", learning_rate=1e-2, epochs=3, batch_size=4),
         tmp_path,
     )
     assert _mean_logp(model.eval(), tok, forget) < before - 0.05
@@ -201,7 +207,7 @@ def test_a_crash_during_a_checkpoint_save_loses_nothing(target, tmp_path: Path, 
     import transformers
 
     base, tok, forget, retain = target
-    cfg = UnlearnConfig(method="npo", learning_rate=1e-3, max_steps=6, batch_size=2, save_steps=2)
+    cfg = UnlearnConfig(**QUICK, method="npo", learning_rate=1e-3, max_steps=6, batch_size=2, save_steps=2)
     full = copy.deepcopy(base)
     unlearn(full, tok, forget, retain, cfg, tmp_path / "full")
 
@@ -237,7 +243,9 @@ def test_bf16_mixed_precision_with_gradient_accumulation(target, method: str, tm
         tok,
         forget,
         retain,
-        UnlearnConfig(method=method, bf16=True, grad_accum=2, batch_size=2, learning_rate=1e-3, epochs=3),
+        UnlearnConfig(
+            **{**QUICK, "grad_accum": 2}, method=method, bf16=True, batch_size=2, learning_rate=1e-3, epochs=3
+        ),
         tmp_path,
     )
     assert result["steps"] == 3  # 4 examples / (2 per micro-batch x 2 accumulated) = 1 step per epoch
@@ -253,11 +261,10 @@ def test_lr_schedule_and_warmup_reach_the_optimiser(target, tmp_path: Path) -> N
     base, tok, forget, retain = target
     model = copy.deepcopy(base).train()
     cfg = UnlearnConfig(
+        **{**QUICK, "lr_scheduler": "linear", "weight_decay": 0.5},
         method="npo",
         learning_rate=1e-3,
-        lr_scheduler="linear",
         warmup_ratio=0.5,
-        weight_decay=0.5,
         max_steps=4,
         batch_size=2,
         logging_steps=1,
@@ -293,3 +300,21 @@ def test_retain_pairing_is_fresh_per_epoch_unless_fixed() -> None:
     assert "retain" not in PairedDataset(forget, None)[0]
     with pytest.raises(ValueError, match="pairing"):
         PairedDataset(forget, retain, 0, "shuffled")
+
+
+def test_training_defaults_are_open_unlearnings() -> None:
+    """OU d3d7cf9: configs/trainer/finetune.yaml and configs/experiment/unlearn/tofu/default.yaml."""
+    from unlearnx.train.api import _warmup, training_precision_and_optimiser
+
+    cfg = UnlearnConfig()
+    ou = {"batch_size": 8, "grad_accum": 4, "epochs": 10.0, "learning_rate": 1e-5, "weight_decay": 0.01}
+    assert {k: getattr(cfg, k) for k in ou} == ou
+    assert (cfg.lr_scheduler, cfg.warmup_epochs, cfg.warmup_ratio) == ("linear", 1.0, 0.0)
+    # OU's load_trainer_args: int(warmup_epochs * len(dataset) // (batch * accumulation * devices))
+    assert _warmup(cfg, 400) == {"warmup_steps": 12} and _warmup(cfg, 31) == {"warmup_steps": 0}
+    with pytest.raises(ValueError, match="warmup_epochs, warmup_ratio"):
+        _warmup(UnlearnConfig(warmup_ratio=0.1), 400)
+    bf16, optim, why = training_precision_and_optimiser(cfg)
+    if not torch.cuda.is_available():
+        assert (bf16, optim) == (False, "adamw_torch") and "paged_adamw_32bit" in why
+    assert training_precision_and_optimiser(UnlearnConfig(optim="sgd", bf16=False))[:2] == (False, "sgd")

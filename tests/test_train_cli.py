@@ -42,9 +42,14 @@ def job(tmp_path: Path) -> dict[str, Path]:
     return paths
 
 
+# The tests' schedule: constant rate, no warm-up, decay or accumulation (the defaults are OU's)
+QUICK = ["--grad-accum", "1", "--lr-scheduler", "constant", "--warmup-epochs", "0", "--weight-decay", "0"]
+
+
 def _args(job: dict[str, Path], *extra: str) -> list[str]:
     return [
         "unlearn",
+        *QUICK,
         "--model",
         str(job["model"]),
         "--forget",
@@ -145,6 +150,7 @@ def test_unlearn_on_plain_text_documents(job, tmp_path: Path) -> None:
         main(
             [
                 "unlearn",
+                *QUICK,
                 "--model",
                 str(tok_dir),
                 "--forget",
@@ -206,6 +212,7 @@ def test_unlearn_on_hugging_face_datasets(job, tmp_path: Path, monkeypatch) -> N
         main(
             [
                 "unlearn",
+                *QUICK,
                 "--model",
                 str(job["model"]),
                 "--forget",
@@ -302,6 +309,26 @@ def test_unlearn_evaluates_tofu_during_training(job, capsys) -> None:
     assert "best by forget/prob (min)" in capsys.readouterr().out
 
 
+def test_unlearn_defaults_to_ous_schedule_and_says_which_optimiser(job, capsys) -> None:
+    argv = ["unlearn", "--model", str(job["model"]), "--forget", str(job["forget"])]
+    argv += ["--retain", str(job["retain"]), "--out", str(job["out"]), "--max-steps", "1"]
+    assert main(argv) == 0
+    run = json.loads((job["out"] / "run.json").read_text())
+    config, optimiser = run["config"], run["result"]["optimiser"]
+    assert (config["batch_size"], config["grad_accum"], config["lr_scheduler"]) == (8, 4, "linear")
+    assert (config["warmup_epochs"], config["weight_decay"]) == (1.0, 0.01)
+    if not torch.cuda.is_available():
+        assert optimiser["optim"] == "adamw_torch" and not optimiser["bf16"]
+        assert "optimiser adamw_torch (AdamW: paged_adamw_32bit" in capsys.readouterr().out
+    for extra, needle in (
+        (["--warmup-ratio", "0.1"], "--warmup-ratio: needs --warmup-epochs 0"),
+        (["--optim", "adamw_nosuch"], "--optim: expected auto or one of"),
+        (["--warmup-epochs", "-1"], "--warmup-epochs: expected a number >= 0"),
+    ):
+        assert main([*argv, *extra]) == 2, needle
+        assert needle in capsys.readouterr().err
+
+
 def _request_files(tmp_path: Path) -> list[Path]:
     """One forget request per FORGET pair."""
     paths = []
@@ -313,7 +340,8 @@ def _request_files(tmp_path: Path) -> list[Path]:
 
 
 def _requests_args(job, requests: str, *extra: str) -> list[str]:
-    argv = ["unlearn", "--model", str(job["model"]), "--retain", str(job["retain"]), "--out", str(job["out"])]
+    argv = ["unlearn", *QUICK, "--model", str(job["model"]), "--retain", str(job["retain"])]
+    argv += ["--out", str(job["out"])]
     return [*argv, "--requests", requests, *extra]
 
 

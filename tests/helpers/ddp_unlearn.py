@@ -21,6 +21,10 @@ model = tiny_llama(len(tok), hidden=32, intermediate=64, layers=1, heads=2, max_
 # NPO alone: a mean over sequences, so the mean of the ranks' gradients is the global one (a
 # token-mean retain NLL would weigh ranks by their token counts)
 config = UnlearnConfig(
+    lr_scheduler="constant",
+    warmup_epochs=0.0,
+    weight_decay=0.0,
+    grad_accum=1,
     method="npo",
     retain="none",
     learning_rate=1e-2,

@@ -21,25 +21,32 @@ from unlearnx.train.trainer import MetricsJsonl, PairingEpoch, PrimalDual, Unlea
 @dataclass
 class UnlearnConfig:
     """Job settings. ``hparams`` override the method's defaults (checked by name);
-    ``retain=None`` takes the method's default retain term."""
+    ``retain=None`` takes the method's default retain term. The training defaults are
+    open-unlearning's TOFU unlearning setup (commit d3d7cf9: ``configs/trainer/finetune.yaml``,
+    ``configs/experiment/unlearn/tofu/default.yaml``): batch 8 x 4 accumulation, 10 epochs, lr
+    1e-5 on a linear schedule after one warm-up epoch, weight decay 0.01, ``paged_adamw_32bit``
+    where bitsandbytes and CUDA exist (``optim="auto"``), bf16 where the GPU has it."""
 
     method: str = "npo"
     hparams: dict = field(default_factory=dict)
     retain: str | None = None
     learning_rate: float = 1e-5
-    # transformers' scheduler names (constant, linear, cosine, ...); warm-up as a fraction of the
-    # steps; AdamW's decoupled weight decay
-    lr_scheduler: str = "constant"
+    # transformers' scheduler names (constant, linear, cosine, ...); warm-up in epochs of the
+    # forget set (OU's warmup_epochs) or as a fraction of the steps (one of the two); AdamW's
+    # decoupled weight decay; the optimiser by transformers' name, or auto (see the docstring)
+    lr_scheduler: str = "linear"
+    warmup_epochs: float = 1.0
     warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    epochs: float = 5.0
-    batch_size: int = 4
-    grad_accum: int = 1
+    weight_decay: float = 0.01
+    optim: str = "auto"
+    epochs: float = 10.0
+    batch_size: int = 8
+    grad_accum: int = 4
     max_length: int = 512
     seed: int = 0
     # retain partner of a forget example: "random" at every access (OU), or "fixed" per example
     retain_pairing: str = "random"
-    bf16: bool = False
+    bf16: bool | None = None  # None: where the GPU supports it
     dual_per_micro_batch: bool = False
     logging_steps: int = 1
     save_steps: int | None = None  # checkpoint every N optimiser steps (resumable)
@@ -135,12 +142,36 @@ def _dataset(tokenizer, data, max_length: int) -> Dataset:
     return QADataset(tokenizer, *map(list, zip(*data, strict=True)), max_length=max_length)
 
 
-def _warmup(ratio: float) -> dict:
-    """transformers 5 takes the warm-up ratio as a float ``warmup_steps`` and has no
-    ``warmup_ratio``; 4.x has ``warmup_ratio``."""
+def _warmup(config: UnlearnConfig, examples: int) -> dict:
+    """The warm-up as TrainingArguments take it. ``warmup_epochs`` becomes steps as OU counts
+    them: ``int(epochs * examples // (batch * accumulation * processes))``. transformers 5 takes
+    a ratio as a float ``warmup_steps`` and has no ``warmup_ratio``; 4.x has ``warmup_ratio``."""
+    if config.warmup_epochs and config.warmup_ratio:
+        raise ValueError("warmup_epochs, warmup_ratio: set one of the two")
+    if config.warmup_epochs:
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        per_step = config.batch_size * config.grad_accum * world
+        return {"warmup_steps": int(config.warmup_epochs * examples // per_step)}
     if "warmup_ratio" in inspect.signature(TrainingArguments.__init__).parameters:
-        return {"warmup_ratio": ratio}
-    return {"warmup_steps": float(ratio)}
+        return {"warmup_ratio": config.warmup_ratio}
+    return {"warmup_steps": float(config.warmup_ratio)}
+
+
+def training_precision_and_optimiser(config: UnlearnConfig) -> tuple[bool, str, str]:
+    """``(bf16, optim, why)``: the config's, or where it says auto (``bf16=None``,
+    ``optim="auto"``) OU's choices where this machine allows them, with the reason."""
+    import importlib.util
+
+    cuda = torch.cuda.is_available()
+    bf16 = config.bf16 if config.bf16 is not None else bool(cuda and torch.cuda.is_bf16_supported())
+    optim, why = config.optim, "as configured"
+    if optim == "auto":
+        if cuda and importlib.util.find_spec("bitsandbytes") is not None:
+            optim, why = "paged_adamw_32bit", "open-unlearning's optimiser"
+        else:
+            optim = "adamw_torch"
+            why = "AdamW: paged_adamw_32bit (open-unlearning's) needs bitsandbytes and CUDA"
+    return bf16, optim, why
 
 
 def _run(
@@ -196,6 +227,7 @@ def _run(
         if method.dual
         else None
     )
+    bf16, optim, why = training_precision_and_optimiser(config)
     args = TrainingArguments(
         output_dir=str(out_dir / "checkpoints"),
         per_device_train_batch_size=config.batch_size,
@@ -203,13 +235,14 @@ def _run(
         learning_rate=config.learning_rate,
         num_train_epochs=config.epochs,
         seed=config.seed,
-        bf16=config.bf16,
+        bf16=bf16,
+        optim=optim,
         remove_unused_columns=False,
         report_to=[],
         logging_steps=config.logging_steps,
         use_cpu=not torch.cuda.is_available(),
         lr_scheduler_type=config.lr_scheduler,
-        **_warmup(config.warmup_ratio),
+        **_warmup(config, len(forget_ds)),
         weight_decay=config.weight_decay,
         max_steps=config.max_steps or -1,
         save_strategy="steps" if config.save_steps else "no",
@@ -258,6 +291,7 @@ def _run(
         "steps": trainer.state.global_step,
         "lambda": None if trainer.dual is None else trainer.dual.lam,
         "report": summary,
+        "optimiser": {"optim": optim, "bf16": bf16, "why": why, "warmup_steps": args.warmup_steps},
     }
 
 

@@ -84,17 +84,35 @@ def add_parser(sub) -> None:
         "--lr-scheduler",
         dest="lr_scheduler",
         choices=LR_SCHEDULERS,
-        help="learning-rate schedule (default constant)",
+        help="learning-rate schedule (default linear, as open-unlearning)",
     )
-    p.add_argument("--warmup-ratio", dest="warmup_ratio", type=float, help="warm-up, a fraction of the steps")
-    p.add_argument("--weight-decay", dest="weight_decay", type=float, help="AdamW weight decay (default 0)")
-    p.add_argument("--epochs", type=float, help="epochs over the forget set (default 5)")
+    p.add_argument(
+        "--warmup-epochs",
+        dest="warmup_epochs",
+        type=float,
+        help="warm-up in epochs of the forget set (default 1, as open-unlearning; 0 for none)",
+    )
+    p.add_argument(
+        "--warmup-ratio",
+        dest="warmup_ratio",
+        type=float,
+        help="warm-up as a fraction of the steps, instead (needs --warmup-epochs 0)",
+    )
+    p.add_argument(
+        "--weight-decay", dest="weight_decay", type=float, help="AdamW weight decay (default 0.01)"
+    )
+    p.add_argument(
+        "--optim",
+        help="transformers optimiser name (default auto: paged_adamw_32bit where bitsandbytes and "
+        "CUDA exist, as open-unlearning, else adamw_torch)",
+    )
+    p.add_argument("--epochs", type=float, help="epochs over the forget set (default 10)")
     p.add_argument("--max-steps", dest="max_steps", type=int, help="optimiser steps (overrides --epochs)")
     p.add_argument(
-        "--batch-size", dest="batch_size", type=int, help="forget examples per device batch (default 4)"
+        "--batch-size", dest="batch_size", type=int, help="forget examples per device batch (default 8)"
     )
     p.add_argument(
-        "--grad-accum", dest="grad_accum", type=int, help="gradient accumulation steps (default 1)"
+        "--grad-accum", dest="grad_accum", type=int, help="gradient accumulation steps (default 4)"
     )
     p.add_argument("--max-length", dest="max_length", type=int, help="tokens per example (default 512)")
     p.add_argument("--seed", type=int, help="seed for pairing and training (default 0)")
@@ -105,7 +123,12 @@ def add_parser(sub) -> None:
         help="retain example of each forget example: random, drawn afresh every epoch "
         "(default, as open-unlearning), or fixed for the whole run",
     )
-    p.add_argument("--bf16", action="store_true", default=None, help="bf16 mixed precision")
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 mixed precision (default: where the GPU supports it)",
+    )
     p.add_argument("--save-steps", dest="save_steps", type=int, help="checkpoint every N steps (resumable)")
     p.add_argument(
         "--report-examples",
@@ -329,6 +352,15 @@ def plan(args: argparse.Namespace) -> dict:
         raise ValueError(f"--lr-scheduler: expected one of {LR_SCHEDULERS}, got {config.lr_scheduler!r}")
     if not (isinstance(config.warmup_ratio, int | float) and 0 <= config.warmup_ratio < 1):
         raise ValueError(f"--warmup-ratio: expected a number in [0, 1), got {config.warmup_ratio!r}")
+    if not (isinstance(config.warmup_epochs, int | float) and config.warmup_epochs >= 0):
+        raise ValueError(f"--warmup-epochs: expected a number >= 0, got {config.warmup_epochs!r}")
+    if config.warmup_epochs and config.warmup_ratio:
+        raise ValueError("--warmup-ratio: needs --warmup-epochs 0 (one warm-up, not two)")
+    from transformers.training_args import OptimizerNames
+
+    optims = sorted(o.value for o in OptimizerNames)
+    if config.optim != "auto" and config.optim not in optims:
+        raise ValueError(f"--optim: expected auto or one of transformers' {optims}, got {config.optim!r}")
     if not (isinstance(config.weight_decay, int | float) and config.weight_decay >= 0):
         raise ValueError(f"--weight-decay: expected a number >= 0, got {config.weight_decay!r}")
     for name in ("learning_rate", "epochs", "batch_size", "grad_accum", "max_length"):
@@ -516,8 +548,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import torch
 
-    from unlearnx.train.api import unlearn
+    from unlearnx.train.api import training_precision_and_optimiser, unlearn
 
+    bf16, optim, why = training_precision_and_optimiser(job["config"])
+    print(f"optimiser {optim} ({why}); bf16 {bf16}")
     device = job["device"] or _default_device()
     model, tok = load_pretrained(job["model"], device)
     model = _with_lora(model, job["lora"])

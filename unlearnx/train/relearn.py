@@ -92,7 +92,12 @@ def relearn(model, tokenizer, forget, config: RelearnConfig, out_dir: str | Path
     sets = {"relearned": Subset(data, relearned), "held_out": Subset(data, held_out)}
     history: list[dict] = []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # N optimiser steps at a constant rate on the subset: the attack the papers describe
     train = UnlearnConfig(
+        lr_scheduler="constant",
+        warmup_epochs=0.0,
+        weight_decay=0.0,
+        grad_accum=1,
         learning_rate=config.learning_rate,
         max_steps=config.steps,
         batch_size=config.batch_size,
