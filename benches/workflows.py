@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         log = Log(args.out, data, work)
         # the schedule spelled out, so that the run does not change with the defaults
         train = ["--method", args.method, "--lr", args.lr, "--batch-size", "8", "--max-length", "128"]
-        train += ["--grad-accum", "1", "--lr-scheduler", "constant", "--warmup-ratio", "0"]
+        train += ["--grad-accum", "1", "--lr-scheduler", "constant", "--warmup-epochs", "0"]
         train += ["--weight-decay", "0"]
         muse = ["--benchmark", "muse", "--data", str(paths["muse"]), "--limit", str(args.limit)]
 

@@ -16,6 +16,7 @@ from unlearnx.data.template import TEMPLATES, encode_completion
 from unlearnx.eval import muse
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "ou_muse_golden.json").read_text())
+TOFU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +188,7 @@ def test_unlearn_on_muse_text_with_muse_eval_during_training(setup, tmp_path) ->
     out = tmp_path / "run"
     argv = ["unlearn", "--model", str(folder), "--method", "npo", "--out", str(out)]
     argv += ["--forget", f"hf:{root}:raw:forget", "--retain", f"hf:{root}:raw:retain1"]
+    argv += ["--grad-accum", "1", "--lr-scheduler", "constant", "--warmup-epochs", "0", "--weight-decay", "0"]
     argv += ["--max-length", "16", "--max-steps", "2", "--lr", "1e-3", "--report-examples", "0"]
     eval_args = ["--eval", "muse", "--eval-every", "1", "--eval-data", str(root), "--eval-limit", "2"]
     assert main([*argv, *eval_args]) == 0
@@ -214,6 +216,7 @@ def test_sequential_requests_on_muse_sust_with_the_benchmark_after_each(setup, t
         "--retain",
         f"hf:{root}:raw:retain1",
     ]
+    argv += ["--grad-accum", "1", "--lr-scheduler", "constant", "--warmup-epochs", "0", "--weight-decay", "0"]
     argv += ["--max-length", "16", "--max-steps", "2", "--lr", "1e-3"]
     assert main([*argv, "--eval", "muse", "--eval-data", str(root), "--eval-limit", "2"]) == 0
     history = json.loads((out / "requests.json").read_text())["history"]
@@ -251,3 +254,18 @@ def test_unlearn_refuses_bad_muse_settings_before_loading(setup, tmp_path, capsy
     base[4] = f"hf:{root}:raw:nosuch"
     assert main(base) == 2
     assert "raw/nosuch" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (TOFU / "world_facts.json").is_file(), reason=f"TOFU data not at {TOFU}")
+def test_the_workflows_bench_lays_out_tofu_facts_as_muse(tmp_path) -> None:
+    """benches.workflows' data (its run on SmolLM2 is committed): a layout the loader accepts."""
+    from benches.workflows import N_FORGET, N_REQUESTS, facts_as_muse
+
+    paths = facts_as_muse(TOFU, tmp_path)
+    muse_data.check_source(str(paths["muse"]))
+    assert len(muse_data.load_rows(str(paths["muse"]), "knowmem", "forget_qa")) == N_FORGET
+    verbmem = muse_data.load_rows(str(paths["muse"]), "verbmem", "forget")
+    assert len(verbmem) == 6 and all(r["prompt"] and r["gt"] for r in verbmem)
+    requests = paths["requests"].split(",")
+    assert len(requests) == N_REQUESTS
+    assert sum(len(Path(r).read_text().splitlines()) for r in requests) == N_FORGET
