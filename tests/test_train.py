@@ -316,5 +316,5 @@ def test_training_defaults_are_open_unlearnings() -> None:
         _warmup(UnlearnConfig(warmup_ratio=0.1), 400)
     bf16, optim, why = training_precision_and_optimiser(cfg)
     if not torch.cuda.is_available():
-        assert (bf16, optim) == (False, "adamw_torch") and "paged_adamw_32bit" in why
+        assert (bf16, optim) == (False, "adamw_torch_fused") and "paged_adamw_32bit" in why
     assert training_precision_and_optimiser(UnlearnConfig(optim="sgd", bf16=False))[:2] == (False, "sgd")

@@ -318,8 +318,8 @@ def test_unlearn_defaults_to_ous_schedule_and_says_which_optimiser(job, capsys) 
     assert (config["batch_size"], config["grad_accum"], config["lr_scheduler"]) == (8, 4, "linear")
     assert (config["warmup_epochs"], config["weight_decay"]) == (1.0, 0.01)
     if not torch.cuda.is_available():
-        assert optimiser["optim"] == "adamw_torch" and not optimiser["bf16"]
-        assert "optimiser adamw_torch (AdamW: paged_adamw_32bit" in capsys.readouterr().out
+        assert optimiser["optim"] == "adamw_torch_fused" and not optimiser["bf16"]
+        assert "optimiser adamw_torch_fused (AdamW: paged_adamw_32bit" in capsys.readouterr().out
     for extra, needle in (
         (["--warmup-ratio", "0.1"], "--warmup-ratio: needs --warmup-epochs 0"),
         (["--optim", "adamw_nosuch"], "--optim: expected auto or one of"),

@@ -169,7 +169,7 @@ def training_precision_and_optimiser(config: UnlearnConfig) -> tuple[bool, str, 
         if cuda and importlib.util.find_spec("bitsandbytes") is not None:
             optim, why = "paged_adamw_32bit", "open-unlearning's optimiser"
         else:
-            optim = "adamw_torch"
+            optim = "adamw_torch_fused"
             why = "AdamW: paged_adamw_32bit (open-unlearning's) needs bitsandbytes and CUDA"
     return bf16, optim, why
 

@@ -104,7 +104,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--optim",
         help="transformers optimiser name (default auto: paged_adamw_32bit where bitsandbytes and "
-        "CUDA exist, as open-unlearning, else adamw_torch)",
+        "CUDA exist, as open-unlearning, else adamw_torch_fused)",
     )
     p.add_argument("--epochs", type=float, help="epochs over the forget set (default 10)")
     p.add_argument("--max-steps", dest="max_steps", type=int, help="optimiser steps (overrides --epochs)")
