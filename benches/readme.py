@@ -1,8 +1,8 @@
-"""Regenerates the README's generated performance block from a results JSON:
+"""Regenerates the generated performance block of docs/performance.md from a results JSON:
 
     python -m benches.readme benches/results/cpu-latest.json
 
-Replaces the text between ``<!-- perf:begin -->`` and ``<!-- perf:end -->`` in README.md with
+Replaces the text between ``<!-- perf:begin -->`` and ``<!-- perf:end -->`` in docs/performance.md with
 a table of fused against reference (time, memory, floor ratio) per loss and N, naming the
 machine, dtype and shapes recorded in the results.
 """
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
-README = Path(__file__).resolve().parents[1] / "README.md"
+TARGET = Path(__file__).resolve().parents[1] / "docs" / "performance.md"
 
 
 def block(records: list[dict], source: str) -> str:
@@ -47,12 +47,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("usage: python -m benches.readme RESULTS.json")
     source = argv[0]
     records = json.loads(Path(source).read_text())
-    text = README.read_text()
+    text = TARGET.read_text()
     if BEGIN not in text or END not in text:
-        raise SystemExit(f"README.md: markers {BEGIN} / {END} not found")
+        raise SystemExit(f"{TARGET}: markers {BEGIN} / {END} not found")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    README.write_text(head + BEGIN + "\n" + block(records, source) + "\n" + END + tail)
+    TARGET.write_text(head + BEGIN + "\n" + block(records, source) + "\n" + END + tail)
 
 
 if __name__ == "__main__":
