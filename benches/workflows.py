@@ -32,6 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from unlearnx.train.api import CONSTANT_SCHEDULE
+from unlearnx.train.cli import as_flags
+
 RESULTS = Path(__file__).resolve().parent / "results"
 N_FORGET = 48
 N_REQUESTS = 3
@@ -157,8 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         log = Log(args.out, data, work)
         # the schedule spelled out, so that the run does not change with the defaults
         train = ["--method", args.method, "--lr", args.lr, "--batch-size", "8", "--max-length", "128"]
-        train += ["--grad-accum", "1", "--lr-scheduler", "constant", "--warmup-epochs", "0"]
-        train += ["--weight-decay", "0"]
+        train += as_flags(CONSTANT_SCHEDULE)
         muse = ["--benchmark", "muse", "--data", str(paths["muse"]), "--limit", str(args.limit)]
 
         log.run(

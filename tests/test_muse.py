@@ -176,20 +176,34 @@ def test_eval_command_refuses_bad_input_before_loading(setup, tmp_path, capsys) 
     assert "--metrics: only with --benchmark muse" in capsys.readouterr().err
 
 
+def _unlearn_argv(setup, tmp_path) -> tuple[list[str], Path]:
+    """``unlearn`` flags for two quick NPO steps on the chain model (saved to ``tmp_path``), and
+    the output folder; the data flags are the caller's."""
+    from tests.test_train_cli import QUICK
+
+    _, tok, model = setup
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    out = tmp_path / "run"
+    argv = ["unlearn", *QUICK, "--model", str(tmp_path / "model"), "--method", "npo", "--out", str(out)]
+    return [*argv, "--max-length", "16", "--max-steps", "2", "--lr", "1e-3"], out
+
+
 def test_unlearn_on_muse_text_with_muse_eval_during_training(setup, tmp_path) -> None:
     """`unlearnx unlearn` takes MUSE's raw forget/retain text (chunked as OU does) and evaluates
     MUSE every N steps, keeping the best model by an OU metric name."""
     from unlearnx.cli import main
 
-    root, tok, model = setup
-    folder = tmp_path / "model"
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    out = tmp_path / "run"
-    argv = ["unlearn", "--model", str(folder), "--method", "npo", "--out", str(out)]
-    argv += ["--forget", f"hf:{root}:raw:forget", "--retain", f"hf:{root}:raw:retain1"]
-    argv += ["--grad-accum", "1", "--lr-scheduler", "constant", "--warmup-epochs", "0", "--weight-decay", "0"]
-    argv += ["--max-length", "16", "--max-steps", "2", "--lr", "1e-3", "--report-examples", "0"]
+    root, _, _ = setup
+    argv, out = _unlearn_argv(setup, tmp_path)
+    argv += [
+        "--forget",
+        f"hf:{root}:raw:forget",
+        "--retain",
+        f"hf:{root}:raw:retain1",
+        "--report-examples",
+        "0",
+    ]
     eval_args = ["--eval", "muse", "--eval-every", "1", "--eval-data", str(root), "--eval-limit", "2"]
     assert main([*argv, *eval_args]) == 0
     assert json.loads((out / "run.json").read_text())["result"]["steps"] == 2
@@ -205,19 +219,9 @@ def test_sequential_requests_on_muse_sust_with_the_benchmark_after_each(setup, t
     from unlearnx.cli import main
 
     root, tok, model = setup
-    folder = tmp_path / "model"
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    out = tmp_path / "run"
-    argv = ["unlearn", "--model", str(folder), "--method", "npo", "--out", str(out)]
-    argv += [
-        "--requests",
-        f"hf:{root}:sust:forget_1,hf:{root}:sust:forget_2",
-        "--retain",
-        f"hf:{root}:raw:retain1",
-    ]
-    argv += ["--grad-accum", "1", "--lr-scheduler", "constant", "--warmup-epochs", "0", "--weight-decay", "0"]
-    argv += ["--max-length", "16", "--max-steps", "2", "--lr", "1e-3"]
+    argv, out = _unlearn_argv(setup, tmp_path)
+    argv += ["--requests", f"hf:{root}:sust:forget_1,hf:{root}:sust:forget_2"]
+    argv += ["--retain", f"hf:{root}:raw:retain1"]
     assert main([*argv, "--eval", "muse", "--eval-data", str(root), "--eval-limit", "2"]) == 0
     history = json.loads((out / "requests.json").read_text())["history"]
     assert [h["request"] for h in history] == [0, 1, 2]

@@ -13,14 +13,13 @@ from unlearnx.data.tofu import load_split
 from unlearnx.data.tokenizer import build_word_tokenizer
 from unlearnx.eval.metrics import answer_logprobs
 from unlearnx.models import tiny_llama
-from unlearnx.train.api import UnlearnConfig, unlearn
+from unlearnx.train.api import CONSTANT_SCHEDULE, UnlearnConfig, unlearn
 from unlearnx.train.methods import METHODS, resolve
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"TOFU data not found at {DATA}")
 
-# The tests' schedule: constant rate, no warm-up, decay or accumulation (the defaults are OU's)
-QUICK = {"lr_scheduler": "constant", "warmup_epochs": 0.0, "weight_decay": 0.0, "grad_accum": 1}
+QUICK = CONSTANT_SCHEDULE  # the tests' schedule (the defaults are OU's)
 
 
 def _mean_logp(model, tok, pairs) -> float:
@@ -313,7 +312,7 @@ def test_training_defaults_are_open_unlearnings() -> None:
     # OU's load_trainer_args: int(warmup_epochs * len(dataset) // (batch * accumulation * devices))
     assert _warmup(cfg, 400) == {"warmup_steps": 12} and _warmup(cfg, 31) == {"warmup_steps": 0}
     with pytest.raises(ValueError, match="warmup_epochs, warmup_ratio"):
-        _warmup(UnlearnConfig(warmup_ratio=0.1), 400)
+        UnlearnConfig(warmup_ratio=0.1)
     bf16, optim, why = training_precision_and_optimiser(cfg)
     if not torch.cuda.is_available():
         assert (bf16, optim) == (False, "adamw_torch_fused") and "paged_adamw_32bit" in why

@@ -11,6 +11,8 @@ import torch
 from unlearnx.cli import main
 from unlearnx.data.tokenizer import build_word_tokenizer
 from unlearnx.models import tiny_llama
+from unlearnx.train.api import CONSTANT_SCHEDULE
+from unlearnx.train.cli import as_flags
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"TOFU data not found at {DATA}")
@@ -42,8 +44,7 @@ def job(tmp_path: Path) -> dict[str, Path]:
     return paths
 
 
-# The tests' schedule: constant rate, no warm-up, decay or accumulation (the defaults are OU's)
-QUICK = ["--grad-accum", "1", "--lr-scheduler", "constant", "--warmup-epochs", "0", "--weight-decay", "0"]
+QUICK = as_flags(CONSTANT_SCHEDULE)  # the tests' schedule (the defaults are OU's)
 
 
 def _args(job: dict[str, Path], *extra: str) -> list[str]:
@@ -321,7 +322,7 @@ def test_unlearn_defaults_to_ous_schedule_and_says_which_optimiser(job, capsys) 
         assert optimiser["optim"] == "adamw_torch_fused" and not optimiser["bf16"]
         assert "optimiser adamw_torch_fused (AdamW: paged_adamw_32bit" in capsys.readouterr().out
     for extra, needle in (
-        (["--warmup-ratio", "0.1"], "--warmup-ratio: needs --warmup-epochs 0"),
+        (["--warmup-ratio", "0.1"], "--warmup-ratio needs --warmup-epochs 0"),
         (["--optim", "adamw_nosuch"], "--optim: expected auto or one of"),
         (["--warmup-epochs", "-1"], "--warmup-epochs: expected a number >= 0"),
     ):

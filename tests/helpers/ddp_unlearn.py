@@ -11,7 +11,7 @@ import torch
 from unlearnx.data.tofu import load_split
 from unlearnx.data.tokenizer import build_word_tokenizer
 from unlearnx.models import tiny_llama
-from unlearnx.train.api import UnlearnConfig, unlearn
+from unlearnx.train.api import CONSTANT_SCHEDULE, UnlearnConfig, unlearn
 
 data_dir, out_dir, batch = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 # 4 forget examples: every step covers all of them, on 1 rank or split over 2, whatever the order
@@ -21,10 +21,7 @@ model = tiny_llama(len(tok), hidden=32, intermediate=64, layers=1, heads=2, max_
 # NPO alone: a mean over sequences, so the mean of the ranks' gradients is the global one (a
 # token-mean retain NLL would weigh ranks by their token counts)
 config = UnlearnConfig(
-    lr_scheduler="constant",
-    warmup_epochs=0.0,
-    weight_decay=0.0,
-    grad_accum=1,
+    **CONSTANT_SCHEDULE,
     method="npo",
     retain="none",
     learning_rate=1e-2,

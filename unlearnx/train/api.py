@@ -17,6 +17,10 @@ from unlearnx.train.data import PairCollator, PairedDataset, QADataset
 from unlearnx.train.methods import RETAIN_TERMS, Method, resolve, retain_nll
 from unlearnx.train.trainer import MetricsJsonl, PairingEpoch, PrimalDual, UnlearnTrainer
 
+CONSTANT_SCHEDULE = {"lr_scheduler": "constant", "warmup_epochs": 0.0, "weight_decay": 0.0, "grad_accum": 1}
+"""``UnlearnConfig`` fields for a plain schedule instead of OU's: a constant rate, no warm-up,
+weight decay or accumulation (the relearning attack, the demo, quick runs)."""
+
 
 @dataclass
 class UnlearnConfig:
@@ -58,6 +62,12 @@ class UnlearnConfig:
     fsdp: bool = False
     fsdp_config: dict | str | None = None
     deepspeed: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.warmup_epochs and self.warmup_ratio:
+            raise ValueError(
+                "warmup_epochs, warmup_ratio: set one of the two (--warmup-ratio needs --warmup-epochs 0)"
+            )
 
 
 def unlearn(
@@ -146,8 +156,6 @@ def _warmup(config: UnlearnConfig, examples: int) -> dict:
     """The warm-up as TrainingArguments take it. ``warmup_epochs`` becomes steps as OU counts
     them: ``int(epochs * examples // (batch * accumulation * processes))``. transformers 5 takes
     a ratio as a float ``warmup_steps`` and has no ``warmup_ratio``; 4.x has ``warmup_ratio``."""
-    if config.warmup_epochs and config.warmup_ratio:
-        raise ValueError("warmup_epochs, warmup_ratio: set one of the two")
     if config.warmup_epochs:
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         per_step = config.batch_size * config.grad_accum * world

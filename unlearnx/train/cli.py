@@ -354,8 +354,6 @@ def plan(args: argparse.Namespace) -> dict:
         raise ValueError(f"--warmup-ratio: expected a number in [0, 1), got {config.warmup_ratio!r}")
     if not (isinstance(config.warmup_epochs, int | float) and config.warmup_epochs >= 0):
         raise ValueError(f"--warmup-epochs: expected a number >= 0, got {config.warmup_epochs!r}")
-    if config.warmup_epochs and config.warmup_ratio:
-        raise ValueError("--warmup-ratio: needs --warmup-epochs 0 (one warm-up, not two)")
     from transformers.training_args import OptimizerNames
 
     optims = sorted(o.value for o in OptimizerNames)
@@ -380,6 +378,12 @@ def plan(args: argparse.Namespace) -> dict:
         "requests": requests,
         "lora": lora,
     }
+
+
+def as_flags(settings: dict) -> list[str]:
+    """``settings`` (``UnlearnConfig`` fields whose flag is the field's name, e.g.
+    :data:`~unlearnx.train.api.CONSTANT_SCHEDULE`) as ``unlearn`` flags."""
+    return [arg for k, v in settings.items() for arg in (f"--{k.replace('_', '-')}", str(v))]
 
 
 def _plan_lora(options: dict) -> dict | None:

@@ -54,7 +54,7 @@ class PairedDataset(Dataset):
     ) -> None:
         if pairing not in PAIRINGS:
             raise ValueError(f"pairing: expected one of {PAIRINGS}, got {pairing!r}")
-        self.forget, self.retain, self.pairing, self.seed, self.epoch = forget, retain, pairing, seed, 0
+        self.forget, self.retain, self.seed, self.epoch = forget, retain, seed, 0
         fixed = pairing == "fixed" and retain is not None
         rng = random.Random(seed)
         self.pairs = [rng.randrange(len(retain)) for _ in range(len(forget))] if fixed else None

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Subset
 from transformers import TrainerCallback
 
-from unlearnx.train.api import UnlearnConfig, _dataset, answer_report, finetune
+from unlearnx.train.api import CONSTANT_SCHEDULE, UnlearnConfig, _dataset, answer_report, finetune
 
 
 @dataclass
@@ -94,10 +94,7 @@ def relearn(model, tokenizer, forget, config: RelearnConfig, out_dir: str | Path
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     # N optimiser steps at a constant rate on the subset: the attack the papers describe
     train = UnlearnConfig(
-        lr_scheduler="constant",
-        warmup_epochs=0.0,
-        weight_decay=0.0,
-        grad_accum=1,
+        **CONSTANT_SCHEDULE,
         learning_rate=config.learning_rate,
         max_steps=config.steps,
         batch_size=config.batch_size,
