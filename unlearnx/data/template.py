@@ -16,6 +16,11 @@ from dataclasses import dataclass
 IGNORE_INDEX = -100
 
 
+def pad_id(tokenizer) -> int:
+    """The tokenizer's pad id, else its EOS id (what open-unlearning pads with)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 @dataclass(frozen=True)
 class Template:
     """OU's ``template_args``: ``apply_chat_template`` with ``system_prompt`` / ``date_string``,
@@ -52,6 +57,10 @@ def template_for(tokenizer, name: str = "auto") -> Template:
         name = "qa-tags" if not chat else "llama3" if "date_string" in str(chat) else "chat"
     if name not in TEMPLATES:
         raise ValueError(f"template: expected auto or one of {sorted(TEMPLATES)}, got {name!r}")
+    if TEMPLATES[name].apply_chat_template and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"template: {name!r} applies the chat template, but this tokenizer has none (use qa-tags)"
+        )
     return TEMPLATES[name]
 
 

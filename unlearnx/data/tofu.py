@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from unlearnx.data.template import IGNORE_INDEX, Template, encode_chat, template_for
+from unlearnx.data.template import IGNORE_INDEX, Template, encode_chat, pad_id, template_for
 
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
 
@@ -65,7 +65,7 @@ def encode_qa(
     ]
     ids = [torch.tensor(e["input_ids"][:max_length]) for e in encoded]
     labels = [torch.tensor(e["labels"][:max_length]) for e in encoded]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     return Encoded(
         pad_sequence(ids, batch_first=True, padding_value=pad),
         pad_sequence([torch.ones_like(i) for i in ids], batch_first=True, padding_value=0),

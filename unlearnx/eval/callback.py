@@ -23,7 +23,7 @@ from unlearnx.eval import report, tofu
 from unlearnx.integrations.transformers import is_sharded
 
 PLOT_KEYS = {
-    "tofu": ("model_utility", "forget/prob"),
+    "tofu": ("model_utility", "forget_Q_A_Prob"),
     "muse": ("retain_knowmem_ROUGE", "forget_knowmem_ROUGE", "forget_verbmem_ROUGE"),
 }
 """The summary keys plotted by default for each benchmark."""
@@ -48,7 +48,7 @@ class EvalCallback(TrainerCallback):
     Writes ``out_dir/eval_history.jsonl`` (one flattened summary per evaluation, with ``step``
     and ``epoch``) and ``out_dir/eval_history.png``; saves the model and tokenizer to
     ``out_dir/best`` whenever ``criterion`` (a summary key such as ``"model_utility"``,
-    ``"forget_quality"`` or ``"forget/prob"``) improves in direction ``mode``. The save goes to a
+    ``"forget_quality"`` or ``"forget_Q_A_Prob"``) improves in direction ``mode``. The save goes to a
     temporary folder first and is then renamed over the old one, so a kill never leaves a
     half-written ``best``.
     """
@@ -153,7 +153,8 @@ def _callback_options(options: dict) -> dict:
 
 class TofuEvalCallback(EvalCallback):
     """:class:`EvalCallback` over :func:`unlearnx.eval.tofu.evaluate_tofu` on ``data_dir``
-    (the other ``options`` go to it); criteria such as ``"model_utility"`` or ``"forget/prob"``."""
+    (the other ``options`` go to it); criteria are OU's metric names such as
+    ``"model_utility"`` or ``"forget_Q_A_Prob"``."""
 
     def __init__(self, tokenizer, data_dir: str | Path, out_dir: str | Path, **options) -> None:
         own = _callback_options(options)

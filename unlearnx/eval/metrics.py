@@ -1,17 +1,25 @@
-"""Model-level measurements shared by the benchmarks: answer log-probabilities through the
-fused forward-only kernels (no ``[tokens, V]`` logits), batched greedy generation, ROUGE-L."""
+"""Model-level measurements shared by the TOFU and MUSE evaluations, as open-unlearning computes
+them (OU commit d3d7cf9, ``src/evals/metrics``): answer log-probabilities and teacher-forced
+predictions through the fused forward-only kernels (no ``[tokens, V]`` logits), batched greedy
+generation, ROUGE from the ``rouge_score`` package, Min-K%, ROC AUC, PrivLeak, extraction
+strength."""
 
 from __future__ import annotations
 
-import re
+import logging
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from unlearnx import functional
-from unlearnx.data.tofu import encode_qa, prompt_ids
+from unlearnx._ops import flatten_margins
+from unlearnx.data.template import IGNORE_INDEX, pad_id
+from unlearnx.data.tofu import encode_qa
 from unlearnx.integrations.transformers import hidden_states
+
+logging.getLogger("absl").setLevel(logging.WARNING)  # rouge_score logs every call
 
 
 def lm_head(model) -> tuple[Tensor, Tensor | None]:
@@ -41,19 +49,6 @@ def answer_logprobs(
         sums.append(s.float().cpu())
         counts.append(c.cpu())
     return torch.cat(sums), torch.cat(counts)
-
-
-def greedy_generate(
-    model, tokenizer, questions: list[str], *, batch_size: int = 8, max_new_tokens: int = 64
-) -> list[str]:
-    """Greedy continuations of each question's prompt, decoded without special tokens."""
-    prompts = [prompt_ids(tokenizer, q) for q in questions]
-    return greedy_continue(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens)
-
-
-def pad_id(tokenizer) -> int:
-    """The tokenizer's pad id, else its EOS id (what open-unlearning pads with)."""
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def pad_rows(rows: Sequence[Sequence[int]], value: int, *, left: bool = False) -> Tensor:
@@ -122,24 +117,158 @@ def greedy_continue(
     return out
 
 
-def _words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+def rouge_scores(generation: str, ground_truth: str) -> dict[str, float]:
+    """OU's scores: ``rouge1_recall``, ``rougeL_f1``, ``rougeL_recall`` (``rouge_score`` with
+    the Porter stemmer)."""
+    from rouge_score import rouge_scorer
+
+    s = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True).score(ground_truth, generation)
+    return {
+        "rouge1_recall": s["rouge1"].recall,
+        "rougeL_f1": s["rougeL"].fmeasure,
+        "rougeL_recall": s["rougeL"].recall,
+    }
 
 
-def _lcs_words(prediction: str, reference: str) -> tuple[int, int, int]:
-    """(LCS length, prediction words, reference words) over lowercased alphanumeric words
-    (rouge_score's tokenisation, without stemming)."""
-    pred, ref = _words(prediction), _words(reference)
-    prev = [0] * (len(pred) + 1)
-    for r in ref:
-        cur = [0]
-        for j, p in enumerate(pred):
-            cur.append(prev[j] + 1 if r == p else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1], len(pred), len(ref)
+def generation_scores(
+    model,
+    tokenizer,
+    items: Sequence[dict[str, list[int]]],
+    *,
+    max_new_tokens: int,
+    stopwords: Sequence[str] = (),
+    batch_size: int = 8,
+    desc: str = "generating",
+) -> list[dict]:
+    """OU's ``eval_text_similarity`` on encoded items (``for_generation=True``): left-padded
+    batches, attention masked wherever ``input_ids == pad`` (OU's collator), greedy
+    generation, text cut at EOS and ``stopwords``, ROUGE against the labels' text minus the
+    prompt's. One dict per item: :func:`rouge_scores` plus input, ground truth, generation."""
+    texts = greedy_continue(
+        model,
+        tokenizer,
+        [it["input_ids"] for it in items],
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        stopwords=stopwords,
+        mask_pad_tokens=True,
+        desc=desc,
+    )
+    cut = [tokenizer.decode([tokenizer.eos_token_id]), *stopwords]
+    out = []
+    for it, text in zip(items, texts, strict=True):
+        for word in cut:
+            if word and word in text:
+                text = text.split(word)[0]
+        prompt, truth = ground_truth(tokenizer, it)
+        text = text.strip()
+        out.append({**rouge_scores(text, truth), "input": prompt, "ground_truth": truth, "generation": text})
+    return out
 
 
-def rouge_l_recall(prediction: str, reference: str) -> float:
-    """ROUGE-L recall: LCS / reference words. 0 for an empty reference."""
-    lcs, _, n_ref = _lcs_words(prediction, reference)
-    return lcs / n_ref if n_ref else 0.0
+def ground_truth(tokenizer, item: dict[str, list[int]]) -> tuple[str, str]:
+    """``(prompt text, reference text)`` of an item encoded ``for_generation``: OU decodes the
+    prompt and the labelled conversation and takes the difference."""
+    prompt = tokenizer.decode(item["input_ids"], skip_special_tokens=True)
+    full = tokenizer.decode([t for t in item["labels"] if t != IGNORE_INDEX], skip_special_tokens=True)
+    return prompt, full.replace(prompt, "").strip()
+
+
+@torch.no_grad()
+def labelled_predictions(
+    model,
+    tokenizer,
+    items: Sequence[dict[str, list[int]]],
+    kind: Literal["logp", "argmax", "zscore"],
+    *,
+    batch_size: int = 8,
+) -> list[tuple[Tensor, Tensor]]:
+    """Per item ``(values, tokens)`` over its labelled tokens except the last (OU's
+    ``tokenwise_logprobs``): ``kind="logp"`` gives each token's log-probability (fp32),
+    ``"argmax"`` the model's greedy prediction there, ``"zscore"`` Min-K%++'s normalised
+    log-probability ``(log p - mu) / sigma`` (mean and standard deviation of ``log p`` under
+    the model's own next-token distribution; variance clamped at 1e-6 as OU does). ``logp``
+    and ``argmax`` take one fused pass over the head per batch (right-padded); ``zscore``
+    needs the whole distribution and forms logits for the labelled positions only, in row
+    chunks. Results on CPU."""
+    device = next(model.parameters()).device
+    weight, bias = lm_head(model)
+    pad = pad_id(tokenizer)
+    out = []
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        ids = pad_rows([it["input_ids"] for it in batch], pad).to(device)
+        labelled = pad_rows([it["labels"] for it in batch], IGNORE_INDEX).to(device) != IGNORE_INDEX
+        pos = torch.arange(ids.shape[1], device=device)
+        last = torch.where(labelled, pos, -1).amax(1, keepdim=True)
+        # position 0 has nothing before it; the last labelled token is left out, as in OU
+        keep = labelled & (pos < last) & (pos > 0)
+        target = torch.where(keep, ids, IGNORE_INDEX)[:, 1:]
+        hidden = hidden_states(model, ids, (ids != pad).long())[:, :-1]
+        if kind == "logp":
+            values = functional.token_logprobs(hidden, weight, target, bias=bias).float()
+        elif kind == "zscore":
+            values = _zscores(hidden, weight, bias, target)
+        else:
+            flat = hidden.reshape(-1, hidden.shape[-1])
+            values = flatten_margins(flat, weight, bias, target.reshape(-1), IGNORE_INDEX, None)[1]
+            values = values.reshape(target.shape)
+        for v, t in zip(values.cpu(), target.cpu(), strict=True):
+            m = t != IGNORE_INDEX
+            out.append((v[m], t[m]))
+    return out
+
+
+def _zscores(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, rows: int = 512) -> Tensor:
+    values = torch.zeros(target.shape, dtype=torch.float32, device=hidden.device)
+    where = target != IGNORE_INDEX
+    h, t = hidden[where], target[where]
+    parts = []
+    for s in range(0, h.shape[0], rows):
+        logits = h[s : s + rows] @ weight.T
+        lp = (logits if bias is None else logits + bias).float().log_softmax(-1)
+        mu = (lp.exp() * lp).sum(-1)
+        var = ((lp.exp() * lp.square()).sum(-1) - mu.square()).clamp(min=1e-6)
+        parts.append((lp.gather(-1, t[s : s + rows, None]).squeeze(-1) - mu) / var.sqrt())
+    if parts:
+        values[where] = torch.cat(parts)
+    return values
+
+
+def min_k_score(logp: Tensor, k: float = 0.4) -> float:
+    """OU's Min-K% Prob score of one text: ``-mean`` of the ``max(1, floor(k n))`` lowest
+    token log-probs (0 for no tokens); higher means less likely a member."""
+    if not 0 < k <= 1:
+        raise ValueError(f"k: expected a fraction in (0, 1], got {k!r}")
+    if logp.numel() == 0:
+        return 0.0
+    n = max(1, int(logp.numel() * k))
+    return -float(logp.double().sort().values[:n].mean())
+
+
+def auc(member_scores: Tensor, nonmember_scores: Tensor) -> float:
+    """ROC AUC = P(member score > non-member score) + P(equal) / 2."""
+    a, b = (torch.as_tensor(x, dtype=torch.float64).flatten() for x in (member_scores, nonmember_scores))
+    if a.numel() == 0 or b.numel() == 0:
+        raise ValueError("auc: both score sets must be non-empty")
+    diff = a[:, None] - b[None, :]
+    return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
+
+
+def privleak(auc_model: float, auc_reference: float = 0.5) -> float:
+    """OU's PrivLeak in percent from Min-K AUCs (forget members vs holdout):
+    ``((1 - auc) - (1 - ref)) / ((1 - ref) + 1e-10) * 100``."""
+    for name, v in (("auc_model", auc_model), ("auc_reference", auc_reference)):
+        if not 0 <= v <= 1:
+            raise ValueError(f"{name}: expected an AUC in [0, 1], got {v!r}")
+    return ((1 - auc_model) - (1 - auc_reference)) / ((1 - auc_reference) + 1e-10) * 100
+
+
+def extraction_strength(argmax: Tensor, labels: Tensor) -> float:
+    """OU's ES of one example (see the module docstring); 0 for no tokens."""
+    n = labels.numel()
+    if n == 0:
+        return 0.0
+    right = (argmax == labels).tolist()
+    k = next((k for k in range(n) if all(right[k:])), n - 1)
+    return 1 - k / n

@@ -27,20 +27,21 @@ Metric names and meanings are OU's:
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
 
 import torch
-from torch import Tensor
 
-from unlearnx import functional
-from unlearnx._ops import flatten_margins
 from unlearnx.data import muse as muse_data
-from unlearnx.data.template import IGNORE_INDEX, Template, encode_chat, encode_completion
-from unlearnx.eval.metrics import greedy_continue, lm_head, pad_id, pad_rows
-from unlearnx.integrations.transformers import hidden_states
+from unlearnx.data.template import Template, encode_chat, encode_completion
+from unlearnx.eval.metrics import (
+    auc,
+    extraction_strength,
+    generation_scores,
+    labelled_predictions,
+    min_k_score,
+    privleak,
+)
 
 KNOWMEM_STOPWORDS = ("\n\n", "\nQuestion", "Question:")
 DEFAULT_METRICS = (
@@ -53,137 +54,6 @@ DEFAULT_METRICS = (
 """OU's ``configs/eval/muse.yaml`` defaults."""
 OPTIONAL_METRICS = ("exact_memorization", "mia_min_k")
 METRICS = DEFAULT_METRICS + OPTIONAL_METRICS
-
-logging.getLogger("absl").setLevel(logging.WARNING)  # rouge_score logs every call
-
-
-def rouge_scores(generation: str, ground_truth: str) -> dict[str, float]:
-    """OU's scores: ``rouge1_recall``, ``rougeL_f1``, ``rougeL_recall`` (``rouge_score`` with
-    the Porter stemmer)."""
-    from rouge_score import rouge_scorer
-
-    s = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True).score(ground_truth, generation)
-    return {
-        "rouge1_recall": s["rouge1"].recall,
-        "rougeL_f1": s["rougeL"].fmeasure,
-        "rougeL_recall": s["rougeL"].recall,
-    }
-
-
-def generation_scores(
-    model,
-    tokenizer,
-    items: Sequence[dict[str, list[int]]],
-    *,
-    max_new_tokens: int,
-    stopwords: Sequence[str] = (),
-    batch_size: int = 8,
-    desc: str = "generating",
-) -> list[dict]:
-    """OU's ``eval_text_similarity`` on encoded items (``for_generation=True``): left-padded
-    batches, attention masked wherever ``input_ids == pad`` (OU's collator), greedy
-    generation, text cut at EOS and ``stopwords``, ROUGE against the labels' text minus the
-    prompt's. One dict per item: :func:`rouge_scores` plus input, ground truth, generation."""
-    texts = greedy_continue(
-        model,
-        tokenizer,
-        [it["input_ids"] for it in items],
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        stopwords=stopwords,
-        mask_pad_tokens=True,
-        desc=desc,
-    )
-    cut = [tokenizer.decode([tokenizer.eos_token_id]), *stopwords]
-    out = []
-    for it, text in zip(items, texts, strict=True):
-        for word in cut:
-            if word and word in text:
-                text = text.split(word)[0]
-        prompt = tokenizer.decode(it["input_ids"], skip_special_tokens=True)
-        full = tokenizer.decode([t for t in it["labels"] if t != IGNORE_INDEX], skip_special_tokens=True)
-        truth = full.replace(prompt, "").strip()
-        text = text.strip()
-        out.append({**rouge_scores(text, truth), "input": prompt, "ground_truth": truth, "generation": text})
-    return out
-
-
-@torch.no_grad()
-def labelled_predictions(
-    model,
-    tokenizer,
-    items: Sequence[dict[str, list[int]]],
-    kind: Literal["logp", "argmax"],
-    *,
-    batch_size: int = 8,
-) -> list[tuple[Tensor, Tensor]]:
-    """Per item ``(values, tokens)`` over its labelled tokens except the last (OU's
-    ``tokenwise_logprobs``): ``kind="logp"`` gives each token's log-probability (fp32),
-    ``"argmax"`` the model's greedy prediction there. One fused pass over the head per batch
-    (right-padded), results on CPU."""
-    device = next(model.parameters()).device
-    weight, bias = lm_head(model)
-    pad = pad_id(tokenizer)
-    out = []
-    for start in range(0, len(items), batch_size):
-        batch = items[start : start + batch_size]
-        ids = pad_rows([it["input_ids"] for it in batch], pad).to(device)
-        labelled = pad_rows([it["labels"] for it in batch], IGNORE_INDEX).to(device) != IGNORE_INDEX
-        pos = torch.arange(ids.shape[1], device=device)
-        last = torch.where(labelled, pos, -1).amax(1, keepdim=True)
-        # position 0 has nothing before it; the last labelled token is left out, as in OU
-        keep = labelled & (pos < last) & (pos > 0)
-        target = torch.where(keep, ids, IGNORE_INDEX)[:, 1:]
-        hidden = hidden_states(model, ids, (ids != pad).long())[:, :-1]
-        if kind == "logp":
-            values = functional.token_logprobs(hidden, weight, target, bias=bias).float()
-        else:
-            flat = hidden.reshape(-1, hidden.shape[-1])
-            values = flatten_margins(flat, weight, bias, target.reshape(-1), IGNORE_INDEX, None)[1]
-            values = values.reshape(target.shape)
-        for v, t in zip(values.cpu(), target.cpu(), strict=True):
-            m = t != IGNORE_INDEX
-            out.append((v[m], t[m]))
-    return out
-
-
-def min_k_score(logp: Tensor, k: float = 0.4) -> float:
-    """OU's Min-K% Prob score of one text: ``-mean`` of the ``max(1, floor(k n))`` lowest
-    token log-probs (0 for no tokens); higher means less likely a member."""
-    if not 0 < k <= 1:
-        raise ValueError(f"k: expected a fraction in (0, 1], got {k!r}")
-    if logp.numel() == 0:
-        return 0.0
-    n = max(1, int(logp.numel() * k))
-    return -float(logp.double().sort().values[:n].mean())
-
-
-def auc(member_scores: Tensor, nonmember_scores: Tensor) -> float:
-    """ROC AUC = P(member score > non-member score) + P(equal) / 2."""
-    a, b = (torch.as_tensor(x, dtype=torch.float64).flatten() for x in (member_scores, nonmember_scores))
-    if a.numel() == 0 or b.numel() == 0:
-        raise ValueError("auc: both score sets must be non-empty")
-    diff = a[:, None] - b[None, :]
-    return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
-
-
-def privleak(auc_model: float, auc_reference: float = 0.5) -> float:
-    """OU's PrivLeak in percent from Min-K AUCs (forget members vs holdout):
-    ``((1 - auc) - (1 - ref)) / ((1 - ref) + 1e-10) * 100``."""
-    for name, v in (("auc_model", auc_model), ("auc_reference", auc_reference)):
-        if not 0 <= v <= 1:
-            raise ValueError(f"{name}: expected an AUC in [0, 1], got {v!r}")
-    return ((1 - auc_model) - (1 - auc_reference)) / ((1 - auc_reference) + 1e-10) * 100
-
-
-def extraction_strength(argmax: Tensor, labels: Tensor) -> float:
-    """OU's ES of one example (see the module docstring); 0 for no tokens."""
-    n = labels.numel()
-    if n == 0:
-        return 0.0
-    right = (argmax == labels).tolist()
-    k = next((k for k in range(n) if all(right[k:])), n - 1)
-    return 1 - k / n
 
 
 def retain_reference_auc(path: str | Path) -> float:

@@ -1,6 +1,7 @@
 """Reports over evaluation runs: a comparison table and plots.
 
-A run is the ``summary.json`` written by ``unlearnx eval`` (or ``evaluate_tofu``); a
+A run is the ``TOFU_SUMMARY.json`` / ``MUSE_SUMMARY.json`` written by ``unlearnx eval`` (or
+any summary JSON with OU's metric names); a
 training history is a JSON Lines file of ``{"step": ..., <metric>: ...}`` records.
 """
 
@@ -10,7 +11,16 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-COLUMNS = ("forget_quality", "model_utility", "forget/prob", "forget/rouge", "retain/prob", "retain/rouge")
+COLUMNS = (
+    "forget_quality",
+    "model_utility",
+    "forget_Q_A_Prob",
+    "forget_Q_A_ROUGE",
+    "forget_truth_ratio",
+    "privleak",
+    "extraction_strength",
+)
+SUMMARY_FILES = ("TOFU_SUMMARY.json", "MUSE_SUMMARY.json", "summary.json")
 
 
 def _value(summary: Mapping, key: str):
@@ -23,10 +33,10 @@ def _value(summary: Mapping, key: str):
 
 
 def load_summary(path: str | Path) -> dict:
-    """A run's summary; a folder means its ``summary.json``."""
+    """A run's summary; a folder means the first of its :data:`SUMMARY_FILES`."""
     path = Path(path)
     if path.is_dir():
-        path = path / "summary.json"
+        path = next((path / f for f in SUMMARY_FILES if (path / f).is_file()), path / SUMMARY_FILES[0])
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as err:
@@ -34,7 +44,7 @@ def load_summary(path: str | Path) -> dict:
 
 
 def comparison_table(runs: Mapping[str, Mapping], columns: Sequence[str] = COLUMNS) -> str:
-    """Markdown table, one row per run, one column per metric key (``"forget/prob"`` reaches
+    """Markdown table, one row per run, one column per metric key (``"a/b"`` reaches
     into nested entries; missing values print as ``-``)."""
     head = "| run | " + " | ".join(columns) + " |"
     rule = "|---" * (len(columns) + 1) + "|"

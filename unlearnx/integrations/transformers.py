@@ -75,7 +75,8 @@ def hidden_states(model, input_ids: Tensor, attention_mask: Tensor | None = None
 
 def patch_causal_lm(model):
     """Makes ``model(input_ids, attention_mask, labels=..., unlearnx_loss=fn)`` compute ``fn`` on
-    the fused path (``labels`` are shifted inside, as Hugging Face does). Returns the model.
+    the fused path (``labels`` are shifted inside, as Hugging Face does; a ``fn`` with the
+    attribute ``unshifted = True`` gets every position and the labels as given). Returns the model.
     A peft model (LoRA, ...) is patched through its base model: peft passes the keyword on."""
     if hasattr(model, "get_base_model"):
         patch_causal_lm(model.get_base_model())
@@ -84,9 +85,12 @@ def patch_causal_lm(model):
     if getattr(model, "_unlearnx_patched", False):
         return model
     _register_head_for_zero3(model)
-    original = model.forward
+    bound = model.forward
+    # called with the patched model as self, so that a deep copy of the patched model runs its
+    # own weights rather than those of the model it was copied from
+    original = bound.__func__ if isinstance(bound, types.MethodType) and bound.__self__ is model else None
 
-    @functools.wraps(original)
+    @functools.wraps(bound)
     def forward(
         self,
         input_ids=None,
@@ -97,7 +101,8 @@ def patch_causal_lm(model):
         **kwargs,
     ):
         if unlearnx_loss is None:
-            return original(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+            call = bound if original is None else functools.partial(original, self)
+            return call(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
         if labels is None:
             raise ValueError("labels: required with unlearnx_loss")
         from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -112,7 +117,10 @@ def patch_causal_lm(model):
         if weight.dtype != hidden.dtype:
             weight = weight.to(hidden.dtype)
             bias = None if bias is None else bias.to(hidden.dtype)
-        loss = unlearnx_loss(hidden[:, :-1], weight, labels[:, 1:], bias)
+        if getattr(unlearnx_loss, "unshifted", False):
+            loss = unlearnx_loss(hidden, weight, labels, bias)
+        else:
+            loss = unlearnx_loss(hidden[:, :-1], weight, labels[:, 1:], bias)
         return CausalLMOutputWithPast(loss=loss, logits=None)
 
     model.forward = types.MethodType(forward, model)

@@ -11,10 +11,12 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from transformers import TrainingArguments
 
+from unlearnx.data.template import pad_id as pad_id_of
 from unlearnx.integrations.transformers import is_sharded
+from unlearnx.train import methods
 from unlearnx.train.cache import ReferenceCache
 from unlearnx.train.data import PairCollator, PairedDataset, QADataset
-from unlearnx.train.methods import RETAIN_TERMS, Method, resolve, retain_nll
+from unlearnx.train.methods import Method, resolve, retain_nll
 from unlearnx.train.trainer import MetricsJsonl, PairingEpoch, PrimalDual, UnlearnTrainer
 
 CONSTANT_SCHEDULE = {"lr_scheduler": "constant", "warmup_epochs": 0.0, "weight_decay": 0.0, "grad_accum": 1}
@@ -51,7 +53,10 @@ class UnlearnConfig:
     # retain partner of a forget example: "random" at every access (OU), or "fixed" per example
     retain_pairing: str = "random"
     bf16: bool | None = None  # None: where the GPU supports it
-    dual_per_micro_batch: bool = False
+    # the KL retain term: OU's "batchmean" over all B x T positions, or "token_mean" over answers
+    kl_reduction: str = "batchmean"
+    # prompt template of QA data: auto (see unlearnx.data.template.template_for) or a preset
+    template: str = "auto"
     logging_steps: int = 1
     save_steps: int | None = None  # checkpoint every N optimiser steps (resumable)
     # forget/retain answer probabilities before and after, on the first N examples of each (0: off)
@@ -120,10 +125,15 @@ def finetune(
     config: UnlearnConfig,
     out_dir: str | Path,
     *,
+    resume: bool = False,
     callbacks: list | None = None,
+    save_to: str | Path | None = None,
 ) -> dict:
     """Plain NLL training on QA pairs or a dataset (labels on the answers), through the same
-    fused path; builds the demo's target and retain models, and runs relearning attacks."""
+    fused path: OU's finetune experiment (TOFU's target on ``full``, the retain model on
+    ``retainXX``; :data:`FINETUNE_DEFAULTS`), the demo's models, relearning attacks. The
+    ``method`` and ``hparams`` of ``config`` are ignored; ``resume`` and ``save_to`` as in
+    :func:`unlearn`."""
     method = Method(retain_nll, frozenset())
     return _run(
         model,
@@ -135,21 +145,27 @@ def finetune(
         None,
         config,
         out_dir,
-        False,
+        resume,
         callbacks,
-        None,
+        save_to,
         report=False,
     )
 
 
-def _dataset(tokenizer, data, max_length: int) -> Dataset:
+FINETUNE_DEFAULTS = {"epochs": 5.0}
+"""OU's ``configs/experiment/finetune/tofu/default.yaml`` where it differs from the unlearning
+defaults (the rest agree: lr 1e-5, batch 8 x 4, linear schedule, one warm-up epoch, weight
+decay 0.01, ``paged_adamw_32bit``, bf16)."""
+
+
+def _dataset(tokenizer, data, max_length: int, template: str = "auto") -> Dataset:
     """QA pairs become a ``QADataset``; a ready dataset (``QADataset``, ``data.text.TextChunks``)
     is used as it is."""
     if isinstance(data, Dataset):
         return data
     if not data:
         raise ValueError("forget: the dataset is empty")
-    return QADataset(tokenizer, *map(list, zip(*data, strict=True)), max_length=max_length)
+    return QADataset(tokenizer, *map(list, zip(*data, strict=True)), max_length=max_length, template=template)
 
 
 def _warmup(config: UnlearnConfig, examples: int) -> dict:
@@ -204,9 +220,11 @@ def _run(
             f"retain: method {config.method!r} with retain term {retain_term!r} needs a retain set"
         )
     out_dir = Path(out_dir)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    forget_ds = _dataset(tokenizer, forget, config.max_length)
-    retain_ds = _dataset(tokenizer, retain, config.max_length) if retain_term != "none" else None
+    pad_id = pad_id_of(tokenizer)  # OU pads with EOS where the tokenizer has no pad token
+    forget_ds = _dataset(tokenizer, forget, config.max_length, config.template)
+    retain_ds = (
+        _dataset(tokenizer, retain, config.max_length, config.template) if retain_term != "none" else None
+    )
     dto_options = {k: hp[k] for k in method.dto_options}
     reference = model if reference_model is None else reference_model
     forget_cache = (
@@ -214,9 +232,13 @@ def _run(
         if method.needs
         else None
     )
-    retain_needs = set(RETAIN_TERMS[retain_term][1]) if retain_term != "none" else set()
+    rt = None if retain_term == "none" else methods.retain_term(retain_term, config.kl_reduction)
+    retain_needs = set(rt.needs) if rt is not None else set()
     retain_cache = (
-        ReferenceCache.build(reference, retain_ds, retain_needs, pad_id=pad_id) if retain_needs else None
+        # every position up to the longest example: OU's KL also covers a batch's padding
+        ReferenceCache.build(reference, retain_ds, retain_needs, pad_id=pad_id, full_width=rt.unshifted)
+        if retain_needs
+        else None
     )
     sets = {"forget": (forget_ds, forget_cache), "retain": (retain_ds, retain_cache)}
     sets = {k: v for k, v in sets.items() if v[0] is not None}
@@ -230,11 +252,7 @@ def _run(
         for k, (d, c) in sets.items()
         if report
     }
-    dual = (
-        PrimalDual(hp["lambda0"], hp["eta"], hp["eps"], hp["warmup_steps"], config.dual_per_micro_batch)
-        if method.dual
-        else None
-    )
+    dual = PrimalDual.from_hparams(hp) if method.dual else None
     bf16, optim, why = training_precision_and_optimiser(config)
     args = TrainingArguments(
         output_dir=str(out_dir / "checkpoints"),
@@ -278,6 +296,7 @@ def _run(
         retain=retain_term,
         forget_cache=forget_cache,
         retain_cache=retain_cache,
+        kl_reduction=config.kl_reduction,
     )
     _check_sharding(trainer, config)
     has_checkpoint = resume and any((out_dir / "checkpoints").glob("checkpoint-*"))

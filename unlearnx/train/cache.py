@@ -43,8 +43,13 @@ class ReferenceCache:
         batch_size: int = 8,
         pad_id: int = 0,
         dto_options: dict | None = None,
+        full_width: bool = False,
     ) -> ReferenceCache:
-        """One pass of ``model`` over ``dataset`` storing the ``needs`` (a subset of ITEMS)."""
+        """One pass of ``model`` over ``dataset`` storing the ``needs`` (a subset of ITEMS).
+        ``full_width``: every example right-padded to the dataset's longest and its hidden
+        states kept at every position, padding included (OU's KL covers a batch's padded
+        positions; with causal attention and padding masked, the state at a padded position
+        does not depend on how wide the batch is)."""
         unknown = set(needs) - set(ITEMS)
         if unknown:
             raise ValueError(f"needs: unknown cache items {sorted(unknown)}; expected a subset of {ITEMS}")
@@ -55,15 +60,16 @@ class ReferenceCache:
         logps, hiddens, masks = [], [], []
         was_training = model.training
         model.eval()
+        width = max(int(dataset[i]["input_ids"].numel()) for i in range(len(dataset))) if full_width else None
         for start in range(0, len(dataset), batch_size):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            b = {k: v.to(device) for k, v in pad(items, pad_id).items()}
+            b = {k: v.to(device) for k, v in pad(items, pad_id, width).items()}
             h = hidden_states(model, b["input_ids"], b["attention_mask"])
             target = b["labels"][:, 1:]
             if "seq_logp" in needs:
                 s, _ = functional.sequence_logprobs(h[:, :-1], weight, target, bias=bias)
                 logps.append(s.float().cpu())
-            lengths = [it["input_ids"].numel() for it in items]
+            lengths = [width or it["input_ids"].numel() for it in items]
             if keep_hidden:
                 hiddens += [h[i, :n].cpu() for i, n in enumerate(lengths)]
             if "dto_mask" in needs:
@@ -80,7 +86,7 @@ class ReferenceCache:
             dto_mask=masks if "dto_mask" in needs else None,
             head_weight=weight.cpu().clone() if "hidden" in needs else None,
             head_bias=None if bias is None or "hidden" not in needs else bias.detach().cpu().clone(),
-            options={"needs": sorted(needs), "dto": dto_options or {}},
+            options={"needs": sorted(needs), "dto": dto_options or {}, "full_width": full_width},
         )
 
     def nbytes(self) -> int:
@@ -104,7 +110,8 @@ class ReferenceCache:
             rows = [self.hidden[i] for i in idx]
             h = rows[0].new_zeros(len(rows), width, rows[0].shape[-1])
             for r, x in enumerate(rows):
-                h[r, : x.shape[0]] = x
+                n = min(x.shape[0], width)  # a full-width entry is cut to the batch's width
+                h[r, :n] = x[:n]
             out["hidden"] = h.to(device)
             out["head_weight"] = self.head_weight.to(device)
             if self.head_bias is not None:
@@ -112,7 +119,8 @@ class ReferenceCache:
         if self.dto_mask is not None:
             m = torch.zeros(len(idx), width, dtype=torch.bool)
             for r, i in enumerate(idx):
-                m[r, : self.dto_mask[i].numel()] = self.dto_mask[i]
+                n = min(self.dto_mask[i].numel(), width)
+                m[r, :n] = self.dto_mask[i][:n]
             out["dto_mask"] = m.to(device)
         return out
 

@@ -8,10 +8,11 @@ import tomllib
 from dataclasses import fields
 from pathlib import Path
 
+from unlearnx.data.template import TEMPLATES, template_for
 from unlearnx.models import MODEL_HELP, check_model, load_pretrained
-from unlearnx.train.api import UnlearnConfig
+from unlearnx.train.api import FINETUNE_DEFAULTS, UnlearnConfig
 from unlearnx.train.data import PAIRINGS
-from unlearnx.train.methods import METHODS, resolve
+from unlearnx.train.methods import KL_REDUCTIONS, METHODS, resolve
 
 CONFIG_FIELDS = {f.name for f in fields(UnlearnConfig)}
 
@@ -79,43 +80,7 @@ def add_parser(sub) -> None:
         metavar="NAME=VALUE",
         help="method hyper-parameter, repeatable (e.g. --hparam beta=0.1)",
     )
-    p.add_argument("--lr", dest="learning_rate", type=float, help="learning rate (default 1e-5)")
-    p.add_argument(
-        "--lr-scheduler",
-        dest="lr_scheduler",
-        choices=LR_SCHEDULERS,
-        help="learning-rate schedule (default linear, as open-unlearning)",
-    )
-    p.add_argument(
-        "--warmup-epochs",
-        dest="warmup_epochs",
-        type=float,
-        help="warm-up in epochs of the forget set (default 1, as open-unlearning; 0 for none)",
-    )
-    p.add_argument(
-        "--warmup-ratio",
-        dest="warmup_ratio",
-        type=float,
-        help="warm-up as a fraction of the steps, instead (needs --warmup-epochs 0)",
-    )
-    p.add_argument(
-        "--weight-decay", dest="weight_decay", type=float, help="AdamW weight decay (default 0.01)"
-    )
-    p.add_argument(
-        "--optim",
-        help="transformers optimiser name (default auto: paged_adamw_32bit where bitsandbytes and "
-        "CUDA exist, as open-unlearning, else adamw_torch_fused)",
-    )
-    p.add_argument("--epochs", type=float, help="epochs over the forget set (default 10)")
-    p.add_argument("--max-steps", dest="max_steps", type=int, help="optimiser steps (overrides --epochs)")
-    p.add_argument(
-        "--batch-size", dest="batch_size", type=int, help="forget examples per device batch (default 8)"
-    )
-    p.add_argument(
-        "--grad-accum", dest="grad_accum", type=int, help="gradient accumulation steps (default 4)"
-    )
-    p.add_argument("--max-length", dest="max_length", type=int, help="tokens per example (default 512)")
-    p.add_argument("--seed", type=int, help="seed for pairing and training (default 0)")
+    add_training_flags(p, epochs_help="epochs over the forget set (default 10)")
     p.add_argument(
         "--retain-pairing",
         dest="retain_pairing",
@@ -124,24 +89,18 @@ def add_parser(sub) -> None:
         "(default, as open-unlearning), or fixed for the whole run",
     )
     p.add_argument(
-        "--bf16",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="bf16 mixed precision (default: where the GPU supports it)",
+        "--kl-reduction",
+        dest="kl_reduction",
+        choices=KL_REDUCTIONS,
+        help="KL retain term: batchmean over all B x T positions (default, as open-unlearning) or "
+        "token_mean over the answer tokens",
     )
-    p.add_argument("--save-steps", dest="save_steps", type=int, help="checkpoint every N steps (resumable)")
     p.add_argument(
         "--report-examples",
         dest="report_examples",
         type=int,
         help="forget/retain answer probability before and after, on the first N examples of each "
         "(default 200; 0 turns the report off)",
-    )
-    p.add_argument(
-        "--resume", action="store_true", default=None, help="continue from the latest checkpoint in --out"
-    )
-    p.add_argument(
-        "--device", help="cpu or cuda (default: this rank's GPU under torchrun, else cuda if available)"
     )
     e = p.add_argument_group(
         "evaluation during training",
@@ -163,7 +122,7 @@ def add_parser(sub) -> None:
     e.add_argument(
         "--eval-criterion",
         dest="eval_criterion",
-        help="summary key that picks OUT/eval/best (default model_utility for TOFU, e.g. forget/prob; "
+        help="summary key that picks OUT/eval/best (default model_utility for TOFU, e.g. forget_Q_A_Prob; "
         "retain_knowmem_ROUGE for MUSE)",
     )
     e.add_argument(
@@ -188,6 +147,68 @@ def add_parser(sub) -> None:
         type=Path,
         help="DeepSpeed config JSON file (ZeRO-2/3, offload); needs the deepspeed package and GPUs",
     )
+    add_lora_flags(p)
+
+
+def add_training_flags(p, *, epochs_help: str) -> None:
+    """The optimisation flags ``unlearn`` and ``finetune`` share (defaults: open-unlearning's)."""
+    p.add_argument("--lr", dest="learning_rate", type=float, help="learning rate (default 1e-5)")
+    p.add_argument(
+        "--lr-scheduler",
+        dest="lr_scheduler",
+        choices=LR_SCHEDULERS,
+        help="learning-rate schedule (default linear, as open-unlearning)",
+    )
+    p.add_argument(
+        "--warmup-epochs",
+        dest="warmup_epochs",
+        type=float,
+        help="warm-up in epochs (default 1, as open-unlearning; 0 for none)",
+    )
+    p.add_argument(
+        "--warmup-ratio",
+        dest="warmup_ratio",
+        type=float,
+        help="warm-up as a fraction of the steps, instead (needs --warmup-epochs 0)",
+    )
+    p.add_argument(
+        "--weight-decay", dest="weight_decay", type=float, help="AdamW weight decay (default 0.01)"
+    )
+    p.add_argument(
+        "--optim",
+        help="transformers optimiser name (default auto: paged_adamw_32bit where bitsandbytes and "
+        "CUDA exist, as open-unlearning, else adamw_torch_fused)",
+    )
+    p.add_argument("--epochs", type=float, help=epochs_help)
+    p.add_argument("--max-steps", dest="max_steps", type=int, help="optimiser steps (overrides --epochs)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="examples per device batch (default 8)")
+    p.add_argument(
+        "--grad-accum", dest="grad_accum", type=int, help="gradient accumulation steps (default 4)"
+    )
+    p.add_argument("--max-length", dest="max_length", type=int, help="tokens per example (default 512)")
+    p.add_argument("--seed", type=int, help="seed for pairing and training (default 0)")
+    p.add_argument(
+        "--template",
+        choices=["auto", *TEMPLATES],
+        help="prompt template of QA data (default auto: OU's llama3 preset for a date-stamping chat "
+        "template, else the tokenizer's chat template, else Question:/Answer: tags)",
+    )
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 mixed precision (default: where the GPU supports it)",
+    )
+    p.add_argument("--save-steps", dest="save_steps", type=int, help="checkpoint every N steps (resumable)")
+    p.add_argument(
+        "--resume", action="store_true", default=None, help="continue from the latest checkpoint in --out"
+    )
+    p.add_argument(
+        "--device", help="cpu or cuda (default: this rank's GPU under torchrun, else cuda if available)"
+    )
+
+
+def add_lora_flags(p) -> None:
     lo = p.add_argument_group(
         "LoRA",
         "--lora trains low-rank adapters (peft) instead of the weights; OUT/model is the merged model, "
@@ -344,10 +365,31 @@ def plan(args: argparse.Namespace) -> dict:
         raise ValueError("--resume: not with --requests (yet)")
     _check_sharding_settings(settings)
     config = UnlearnConfig(method=method, hparams=hparams, retain=retain_term, **settings)
+    check_config(config)
+    return {
+        "model": model,
+        "out": out,
+        "forget": forget,
+        "retain": retain,
+        "config": config,
+        "device": device,
+        "resume": resume,
+        "eval": evaluation,
+        "requests": requests,
+        "lora": lora,
+    }
+
+
+def check_config(config: UnlearnConfig) -> None:
+    """Raises ValueError naming the flag of the first bad training setting."""
     if not (isinstance(config.report_examples, int) and config.report_examples >= 0):
         raise ValueError(f"--report-examples: expected an int >= 0, got {config.report_examples!r}")
     if config.retain_pairing not in PAIRINGS:
         raise ValueError(f"--retain-pairing: expected one of {PAIRINGS}, got {config.retain_pairing!r}")
+    if config.template != "auto" and config.template not in TEMPLATES:
+        raise ValueError(f"--template: expected auto or one of {sorted(TEMPLATES)}, got {config.template!r}")
+    if config.kl_reduction not in KL_REDUCTIONS:
+        raise ValueError(f"--kl-reduction: expected one of {KL_REDUCTIONS}, got {config.kl_reduction!r}")
     if config.lr_scheduler not in LR_SCHEDULERS:
         raise ValueError(f"--lr-scheduler: expected one of {LR_SCHEDULERS}, got {config.lr_scheduler!r}")
     if not (isinstance(config.warmup_ratio, int | float) and 0 <= config.warmup_ratio < 1):
@@ -363,21 +405,8 @@ def plan(args: argparse.Namespace) -> dict:
         raise ValueError(f"--weight-decay: expected a number >= 0, got {config.weight_decay!r}")
     for name in ("learning_rate", "epochs", "batch_size", "grad_accum", "max_length"):
         if not getattr(config, name) > 0:
-            raise ValueError(
-                f"--{name.replace('_', '-')}: expected a positive number, got {getattr(config, name)!r}"
-            )
-    return {
-        "model": model,
-        "out": out,
-        "forget": forget,
-        "retain": retain,
-        "config": config,
-        "device": device,
-        "resume": resume,
-        "eval": evaluation,
-        "requests": requests,
-        "lora": lora,
-    }
+            flag = "lr" if name == "learning_rate" else name.replace("_", "-")
+            raise ValueError(f"--{flag}: expected a positive number, got {getattr(config, name)!r}")
 
 
 def as_flags(settings: dict) -> list[str]:
@@ -511,7 +540,10 @@ def _plan_eval(options: dict, *, after_requests: bool = False) -> dict | None:
         plan.update(source=str(data), criterion=options.pop("eval_criterion", "retain_knowmem_ROUGE"))
     else:
         data = Path(data)
-        missing = [n for n in (f"{split}_perturbed", *_EVAL_SPLITS) if not (data / f"{n}.json").is_file()]
+        holdout = "holdout" + split.removeprefix("forget")  # privleak's non-members
+        missing = [
+            n for n in (f"{split}_perturbed", holdout, *_EVAL_SPLITS) if not (data / f"{n}.json").is_file()
+        ]
         if missing:
             raise ValueError(f"--eval-data: {data} lacks the TOFU splits {missing} (<name>.json each)")
         plan.update(
@@ -558,6 +590,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"optimiser {optim} ({why}); bf16 {bf16}")
     device = job["device"] or _default_device()
     model, tok = load_pretrained(job["model"], device)
+    try:
+        template_for(tok, job["config"].template)
+    except ValueError as err:
+        print(f"unlearnx unlearn: --{err}", file=sys.stderr)
+        return 2
     model = _with_lora(model, job["lora"])
     if job["requests"]:
         return _run_requests(job, model, tok)
@@ -752,4 +789,97 @@ def run_relearn(args: argparse.Namespace) -> int:
     plot_relearn(results, args.out / "relearn.png")
     print(table, end="")
     print(f"wrote {args.out / 'relearn.json'}, relearn.md and relearn.png")
+    return 0
+
+
+TOFU_TRAIN_SPLITS = ("full", "retain90", "retain95", "retain99")
+
+
+def add_finetune_parser(sub) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a causal LM on QA data (open-unlearning's finetune experiment: the TOFU "
+        "target on full, the retain model on retainXX)",
+        description="NLL on the answers through the fused path, with open-unlearning's finetune "
+        "defaults (5 epochs, lr 1e-5, batch 8 x 4, linear schedule, one warm-up epoch, weight decay "
+        "0.01). Writes OUT/model, OUT/metrics.jsonl and OUT/run.json.",
+    )
+    p.add_argument("--model", type=Path, required=True, help=MODEL_HELP)
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument(
+        "--split",
+        choices=TOFU_TRAIN_SPLITS,
+        help="a TOFU training split in --data-dir (full: the target; retain90/95/99: the retain model)",
+    )
+    data.add_argument("--data", type=Path, help="QA or text data, in the formats unlearn's --forget takes")
+    p.add_argument(
+        "--data-dir",
+        dest="data_dir",
+        type=Path,
+        default=Path("..") / "shared" / "data" / "tofu",
+        help="folder of the TOFU JSON Lines files (with --split)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    add_training_flags(p, epochs_help="epochs over the data (default 5, as open-unlearning's finetune)")
+    add_lora_flags(p)
+
+
+def plan_finetune(args: argparse.Namespace) -> dict:
+    """The finetune job, validated before any model loads; raises ValueError naming the flag."""
+    path = args.data if args.data is not None else args.data_dir / f"{args.split}.json"
+    flag = "--data" if args.data is not None else "--data-dir"
+    if args.data is None and not path.is_file():
+        raise ValueError(f"--data-dir: {args.data_dir} has no {args.split}.json (pass the TOFU folder)")
+    data = _check_data(flag, path)
+    model = check_model("--model", args.model)
+    skip = {"model", "split", "data", "data_dir", "out", "command", "device", "resume"}
+    settings = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+    lora = _plan_lora({k: settings.pop(k) for k in list(settings) if k in LORA_KEYS})
+    config = UnlearnConfig(**{**FINETUNE_DEFAULTS, "report_examples": 0, **settings})
+    check_config(config)
+    return {"model": model, "data": data, "out": args.out, "config": config, "lora": lora}
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    import sys
+
+    import torch
+
+    from unlearnx.train.api import finetune, training_precision_and_optimiser
+
+    try:
+        job = plan_finetune(args)
+    except ValueError as err:
+        print(f"unlearnx finetune: {err}", file=sys.stderr)
+        return 2
+    cfg = job["config"]
+    bf16, optim, why = training_precision_and_optimiser(cfg)
+    print(f"optimiser {optim} ({why}); bf16 {bf16}")
+    model, tok = load_pretrained(job["model"], args.device or _default_device())
+    try:
+        template_for(tok, cfg.template)
+    except ValueError as err:
+        print(f"unlearnx finetune: --{err}", file=sys.stderr)
+        return 2
+    model = _with_lora(model, job["lora"])
+    path = job["out"] / "model"
+    result = finetune(
+        model,
+        tok,
+        _as_dataset(tok, job["data"], cfg.max_length),
+        cfg,
+        job["out"],
+        resume=bool(args.resume),
+        save_to=None if job["lora"] else path,
+    )
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return 0
+    if job["lora"]:
+        _save_result(model, tok, job["out"])
+    settings = {
+        f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("method", "hparams", "retain")
+    }
+    record = {"data": str(args.data or args.split), "config": settings, "result": result}
+    (job["out"] / "run.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    print(f"fine-tuned in {result['steps']} steps; model saved to {path}")
     return 0

@@ -8,19 +8,28 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from unlearnx.data.template import Template
 from unlearnx.data.tofu import encode_qa
 
 
 class QADataset(Dataset):
-    """Question/answer pairs encoded once; item ``i`` is ``{"input_ids", "attention_mask",
+    """Question/answer pairs encoded once through ``template`` (a preset name or a
+    :class:`~unlearnx.data.template.Template`); item ``i`` is ``{"input_ids", "attention_mask",
     "labels", "index"}`` (1-D int64, unpadded; labels -100 on the prompt)."""
 
-    def __init__(self, tokenizer, questions: list[str], answers: list[str], max_length: int = 512) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        questions: list[str],
+        answers: list[str],
+        max_length: int = 512,
+        template: Template | str = "auto",
+    ) -> None:
         if not questions:
             raise ValueError("questions: the dataset is empty")
         self.items = []
         for i, (q, a) in enumerate(zip(questions, answers, strict=True)):
-            enc = encode_qa(tokenizer, [q], [a], max_length)
+            enc = encode_qa(tokenizer, [q], [a], max_length, template=template)
             self.items.append(
                 {
                     "input_ids": enc.input_ids[0],
@@ -77,19 +86,21 @@ class PairedDataset(Dataset):
         return item
 
 
-def pad(items: list[dict[str, Tensor]], pad_id: int) -> dict[str, Tensor]:
-    """Right-pads a list of encoded examples into a batch."""
-    width = max(int(it["input_ids"].numel()) for it in items)
+def pad(items: list[dict[str, Tensor]], pad_id: int, width: int | None = None) -> dict[str, Tensor]:
+    """Right-pads encoded examples into a batch (to ``width`` if given, else the longest) with
+    open-unlearning's collator mask: attention 0 wherever ``input_ids == pad_id``, so a pad id
+    inside a sequence (pad = EOS when the tokenizer has no pad token) is masked as OU masks it."""
+    width = width or max(int(it["input_ids"].numel()) for it in items)
     out = {
         "input_ids": torch.full((len(items), width), pad_id, dtype=torch.long),
-        "attention_mask": torch.zeros((len(items), width), dtype=torch.long),
         "labels": torch.full((len(items), width), -100, dtype=torch.long),
         "index": torch.stack([it["index"] for it in items]),
     }
     for row, it in enumerate(items):
         n = it["input_ids"].numel()
-        for key in ("input_ids", "attention_mask", "labels"):
+        for key in ("input_ids", "labels"):
             out[key][row, :n] = it[key]
+    out["attention_mask"] = (out["input_ids"] != pad_id).long()
     return out
 
 

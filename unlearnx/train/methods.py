@@ -10,6 +10,11 @@ Hyper-parameters carry open-unlearning's ``method_args`` names and defaults (com
 Every term is ``fn(hidden, weight, target, bias, ref, hp)`` with ``hidden (B, T-1, D)`` and
 ``target (B, T-1)`` already shifted, and ``ref`` the batch's reference-cache entries shifted
 the same way (``hidden``: reference hidden states, ``dto_mask``: targets over ``target``).
+Two terms see OU's unshifted positions instead (``hidden (B, T, D)``, ``target`` the labels
+``(B, T)``), as OU computes them: PDU's flattening with ``flatten_positions="unshifted"`` (the
+logits at each labelled position; ``"shifted"``: those predicting a labelled token) and the KL
+retain term (all positions, ``batchmean``; ``kl_reduction="token_mean"`` is the token mean
+over answer targets instead).
 DiPO and DTO are the reconstructions documented in :mod:`unlearnx.functional`.
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 from unlearnx import functional as F
@@ -68,10 +74,36 @@ def retain_kl(h, w, t, b, ref, hp):
     return F.kl_loss(h, w, t, rh, rw, ref_bias=rb, bias=b)
 
 
-RETAIN_TERMS: dict[str, tuple[Term, frozenset[str]]] = {
-    "nll": (retain_nll, frozenset()),
-    "kl": (retain_kl, frozenset({"hidden"})),
+def retain_kl_batchmean(h, w, t, b, ref, hp):
+    """OU's ``kl_div(log_softmax(policy), log_softmax(ref), reduction="batchmean",
+    log_target=True)`` over the flattened logits: ``KL(ref || policy)`` summed over every one of
+    the ``B x T`` unshifted positions (prompt and padding included) and divided by ``B T``."""
+    rh, rw, rb = _ref_head(ref)
+    every = torch.zeros_like(t)  # the KL reads the target only to skip ignored positions
+    return F.kl_loss(h, w, every, rh, rw, ref_bias=rb, bias=b, reduction="sum") / t.numel()
+
+
+@dataclass(frozen=True)
+class RetainTerm:
+    fn: Term
+    needs: frozenset[str]  # reference-cache items of the retain set
+    unshifted: bool = False  # positions 0..T-1 with labels unshifted (else OU's shifted targets)
+
+
+KL_REDUCTIONS = ("batchmean", "token_mean")
+RETAIN_TERMS: dict[str, RetainTerm] = {
+    "nll": RetainTerm(retain_nll, frozenset()),
+    # OU's KL: all B x T positions, batchmean; "kl_token_mean": unlearnx's token mean over answers
+    "kl": RetainTerm(retain_kl_batchmean, frozenset({"hidden"}), unshifted=True),
+    "kl_token_mean": RetainTerm(retain_kl, frozenset({"hidden"})),
 }
+
+
+def retain_term(retain: str, kl_reduction: str = "batchmean") -> RetainTerm:
+    """The retain term ``retain`` (``nll`` or ``kl``), the KL with ``kl_reduction``."""
+    if kl_reduction not in KL_REDUCTIONS:
+        raise ValueError(f"kl_reduction: expected one of {KL_REDUCTIONS}, got {kl_reduction!r}")
+    return RETAIN_TERMS["kl_token_mean" if retain == "kl" and kl_reduction == "token_mean" else retain]
 
 
 @dataclass(frozen=True)
@@ -96,11 +128,20 @@ METHODS: dict[str, Method] = {
     "npo": Method(_npo, frozenset({"seq_logp"}), {"beta": 0.1, **_weights()}),
     "simnpo": Method(_simnpo, frozenset(), {"beta": 4.5, "delta": 0.0, **_weights(gamma=0.125)}),
     "dipo": Method(_dipo, frozenset({"hidden"}), {"top_k": 1, "shift": 1.0, "beta": 1.0, **_weights()}),
-    # authors' TOFU setting (arXiv 2506.05314): lambda0 100, eta 5, eps 0.3, 5 warm-up epochs
+    # OU's configs/trainer/PDU.yaml; OU leaves retain_loss_eps unset (???), 0.3 is the authors'
+    # TOFU setting (community/methods/PDU/run.sh: also alpha 100, dual_step_size 5)
     "pdu": Method(
         _flatten,
         frozenset(),
-        {"lambda0": 100.0, "eta": 5.0, "eps": 0.3, "warmup_steps": 0, **_weights()},
+        {
+            "retain_loss_eps": 0.3,
+            "primal_dual": True,
+            "dual_step_size": 1.0,
+            "dual_update_upon": "step",
+            "dual_warmup_epochs": 5,
+            "flatten_positions": "unshifted",
+            **_weights(),
+        },
         dual=True,
     ),
     # self-contained, as its paper says: no retain data (its KL on the non-target tokens of
@@ -113,6 +154,8 @@ METHODS: dict[str, Method] = {
     ),
 }
 RETAIN_TYPES = ("nll", "kl", "none")
+DUAL_UPDATES = ("step", "epoch", "optimizer_step")
+CHOICES = {"dual_update_upon": DUAL_UPDATES, "flatten_positions": ("unshifted", "shifted")}
 
 
 def resolve(name: str, overrides: dict | None = None, retain: str | None = None) -> tuple[Method, dict, str]:
@@ -129,6 +172,9 @@ def resolve(name: str, overrides: dict | None = None, retain: str | None = None)
             f"(it has {sorted(m.defaults) or 'none'})"
         )
     hp = {**m.defaults, **(overrides or {})}
+    for key, allowed in CHOICES.items():
+        if key in hp and hp[key] not in allowed:
+            raise ValueError(f"hparams: {key} must be one of {allowed}, got {hp[key]!r}")
     if "retain_loss_type" not in hp:
         if retain not in (None, "none"):
             raise ValueError(f"retain: {name!r} has no retain term, got {retain!r}")

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Subset
 from transformers import TrainerCallback
 
+from unlearnx.data import template
 from unlearnx.train.api import CONSTANT_SCHEDULE, UnlearnConfig, _dataset, answer_report, finetune
 
 
@@ -91,7 +92,7 @@ def relearn(model, tokenizer, forget, config: RelearnConfig, out_dir: str | Path
     relearned, held_out = relearn_split(len(data), config)
     sets = {"relearned": Subset(data, relearned), "held_out": Subset(data, held_out)}
     history: list[dict] = []
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = template.pad_id(tokenizer)
     # N optimiser steps at a constant rate on the subset: the attack the papers describe
     train = UnlearnConfig(
         **CONSTANT_SCHEDULE,

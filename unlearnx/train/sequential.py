@@ -17,6 +17,7 @@ from pathlib import Path
 
 from torch.utils.data import ConcatDataset
 
+from unlearnx.data import template
 from unlearnx.train.api import UnlearnConfig, _dataset, answer_report, unlearn
 
 MODES = ("sequential", "growing")
@@ -53,9 +54,11 @@ def unlearn_requests(
         raise ValueError(f"reference: expected one of {REFERENCES}, got {reference!r}")
     if not requests:
         raise ValueError("requests: the list of forget sets is empty")
-    sets = [_dataset(tokenizer, r, config.max_length) for r in requests]
-    retain_set = _dataset(tokenizer, retain, config.max_length) if retain is not None else None
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    sets = [_dataset(tokenizer, r, config.max_length, config.template) for r in requests]
+    retain_set = (
+        _dataset(tokenizer, retain, config.max_length, config.template) if retain is not None else None
+    )
+    pad_id = template.pad_id(tokenizer)
     original = copy.deepcopy(model).eval() if reference == "original" else None
 
     def report(dataset) -> dict:

@@ -15,53 +15,107 @@ from transformers.trainer_callback import ExportableState
 from unlearnx import functional
 from unlearnx.integrations.transformers import patch_causal_lm
 from unlearnx.train.cache import ReferenceCache
-from unlearnx.train.methods import RETAIN_TERMS, Method
+from unlearnx.train.methods import DUAL_UPDATES, Method, retain_term
 
 
 class PrimalDual(TrainerCallback, ExportableState):
-    """``lambda <- max(0, lambda + eta (L_r - eps))`` once per optimiser step, on the retain
-    loss averaged over the step's micro-batches and all-reduced across ranks, after
-    ``warmup_steps``. ``per_micro_batch=True`` is the authors' variant (open-unlearning PDU):
-    an update after every micro-batch, on that rank's loss alone."""
+    """The dual variable of PDU's retain constraint, as open-unlearning's PDU trainer (written
+    by the paper's authors) updates it: ``lambda <- max(0, lambda + dual_step_size (L_r -
+    retain_loss_eps)``, starting from ``alpha``, once updates are enabled at the end of epoch
+    ``dual_warmup_epochs`` (from the start when 0). ``update_upon``:
+
+    - ``"step"`` (OU's default): after every micro-batch, on that rank's retain loss; the
+      loss of that micro-batch used lambda before the update;
+    - ``"epoch"``: after each epoch, on the mean retain loss over the training data in eval
+      mode (the trainer's :meth:`UnlearnTrainer.mean_retain_loss`);
+    - ``"optimizer_step"`` (unlearnx's variant): once per optimiser step, on the retain loss
+      averaged over the step's micro-batches and all-reduced across ranks, so every rank
+      holds the same lambda.
+
+    ``primal_dual=False`` keeps lambda at ``alpha`` (OU's linear scalarisation)."""
 
     def __init__(
-        self, lambda0: float, eta: float, eps: float, warmup_steps: int = 0, per_micro_batch: bool = False
+        self,
+        alpha: float,
+        dual_step_size: float,
+        retain_loss_eps: float,
+        dual_warmup_epochs: float = 0,
+        update_upon: str = "step",
+        primal_dual: bool = True,
     ) -> None:
-        self.lam, self.eta, self.eps = float(lambda0), float(eta), float(eps)
-        self.warmup_steps, self.per_micro_batch = int(warmup_steps), per_micro_batch
-        self._sum, self._count, self.step = 0.0, 0, 0
+        if update_upon not in DUAL_UPDATES:
+            raise ValueError(f"dual_update_upon: expected one of {DUAL_UPDATES}, got {update_upon!r}")
+        self.lam, self.step_size, self.eps = float(alpha), float(dual_step_size), float(retain_loss_eps)
+        self.warmup_epochs = float(dual_warmup_epochs)
+        self.update_upon, self.primal_dual = update_upon, primal_dual
+        self.can_update = self.warmup_epochs == 0
+        self._sum, self._count = 0.0, 0
+
+    @classmethod
+    def from_hparams(cls, hp: dict) -> PrimalDual:
+        """From PDU's resolved hyper-parameters (OU's names)."""
+        return cls(
+            hp["alpha"],
+            hp["dual_step_size"],
+            hp["retain_loss_eps"],
+            hp["dual_warmup_epochs"],
+            hp["dual_update_upon"],
+            bool(hp["primal_dual"]),
+        )
+
+    def update(self, retain_loss: float) -> None:
+        if self.primal_dual and self.can_update:
+            self.lam = max(0.0, self.lam + self.step_size * (float(retain_loss) - self.eps))
 
     def observe(self, retain_loss: Tensor) -> None:
-        if self.per_micro_batch:
-            if self.step >= self.warmup_steps:
-                self.lam = max(0.0, self.lam + self.eta * (float(retain_loss) - self.eps))
-            return
-        self._sum += float(retain_loss)
-        self._count += 1
+        """Called with each micro-batch's retain loss, after the loss has used lambda."""
+        if self.update_upon == "step":
+            self.update(float(retain_loss))
+        elif self.update_upon == "optimizer_step":
+            self._sum += float(retain_loss)
+            self._count += 1
 
     def state(self) -> dict:
         """Saved in checkpoints, so a resumed run continues with the same lambda."""
         return {
             "args": {
-                "lambda0": self.lam,
-                "eta": self.eta,
-                "eps": self.eps,
-                "warmup_steps": self.warmup_steps,
-                "per_micro_batch": self.per_micro_batch,
+                "alpha": self.lam,
+                "dual_step_size": self.step_size,
+                "retain_loss_eps": self.eps,
+                "dual_warmup_epochs": self.warmup_epochs,
+                "update_upon": self.update_upon,
+                "primal_dual": self.primal_dual,
             },
-            "attributes": {"lam": self.lam, "step": self.step},
+            "attributes": {"can_update": self.can_update},
         }
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.step = state.global_step
-        if self.per_micro_batch or self._count == 0:
+        if self.update_upon != "optimizer_step" or self._count == 0:
             return
         mean = torch.tensor([self._sum, float(self._count)], dtype=torch.float64)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(mean)
         self._sum, self._count = 0.0, 0
-        if state.global_step > self.warmup_steps:
-            self.lam = max(0.0, self.lam + self.eta * (float(mean[0] / mean[1]) - self.eps))
+        self.update(float(mean[0] / mean[1]))
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        # state.epoch is fractional; 4.9999999 at the end of epoch 5
+        if (state.epoch or 0.0) + 1e-6 >= self.warmup_epochs:
+            self.can_update = True
+
+
+class _EpochDualPass(TrainerCallback):
+    """Runs after :class:`PrimalDual` at each epoch end: ``update_upon="epoch"``'s pass over
+    the retain data."""
+
+    def __init__(self, trainer: UnlearnTrainer) -> None:
+        self.trainer = trainer
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        dual = self.trainer.dual
+        if dual is not None and dual.update_upon == "epoch" and dual.can_update and dual.primal_dual:
+            dual.update(self.trainer.mean_retain_loss())
+            self.trainer.log({"lambda": dual.lam})
 
 
 class PairingEpoch(TrainerCallback):
@@ -106,8 +160,8 @@ def _shifted(ref: dict[str, Tensor]) -> dict[str, Tensor]:
 class UnlearnTrainer(Trainer):
     """``Trainer`` whose batches are ``{"forget": ..., "retain": ...}`` (see
     ``train.data.PairCollator``) and whose loss is ``gamma * L_f + alpha * L_r`` (OU's names,
-    from ``hparams``), or ``gamma * L_f + lambda (L_r - eps)`` when a :class:`PrimalDual` is
-    among the callbacks."""
+    from ``hparams``), or ``gamma * L_f + lambda (L_r - retain_loss_eps)`` when a
+    :class:`PrimalDual` is among the callbacks."""
 
     def __init__(
         self,
@@ -117,11 +171,14 @@ class UnlearnTrainer(Trainer):
         retain: str,
         forget_cache: ReferenceCache | None,
         retain_cache: ReferenceCache | None,
+        kl_reduction: str = "batchmean",
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.add_callback(_EpochDualPass(self))
         patch_causal_lm(self.model)
         self.method, self.hparams, self.retain = method, hparams, retain
+        self.retain_term = None if retain == "none" else retain_term(retain, kl_reduction)
         self.forget_cache, self.retain_cache = forget_cache, retain_cache
 
     @property
@@ -136,15 +193,16 @@ class UnlearnTrainer(Trainer):
         cache: ReferenceCache | None,
         term,
         logp_out: list | None = None,
+        *,
+        unshifted: bool = False,
     ) -> Tensor:
-        """The term's loss on ``batch``; with ``logp_out``, also appends the batch's mean
-        per-token answer log-prob, forward-only from the same hidden states (for the logs)."""
+        """The term's loss on ``batch`` (``unshifted``: the term sees every position with the
+        labels unshifted, see :mod:`unlearnx.train.methods`); with ``logp_out``, also appends
+        the batch's mean per-token answer log-prob, forward-only from the same hidden states
+        (for the logs)."""
         device = batch["input_ids"].device
-        ref = (
-            {}
-            if cache is None
-            else _shifted(cache.batch(batch["index"], batch["input_ids"].shape[1], device))
-        )
+        ref = {} if cache is None else cache.batch(batch["index"], batch["input_ids"].shape[1], device)
+        ref = ref if unshifted else _shifted(ref)
         hp = self.hparams
 
         def loss(hidden, weight, target, bias):
@@ -153,12 +211,15 @@ class UnlearnTrainer(Trainer):
                 for k, v in ref.items()
             }
             if logp_out is not None:
+                h, t = (hidden[:, :-1], target[:, 1:]) if unshifted else (hidden, target)
                 with torch.no_grad():
                     sums, counts = functional.sequence_logprobs(
-                        hidden.detach(), weight.detach(), target, bias=None if bias is None else bias.detach()
+                        h.detach(), weight.detach(), t, bias=None if bias is None else bias.detach()
                     )
                 logp_out.append(float(sums.sum() / counts.sum().clamp(min=1)))
             return term(hidden, weight, target, bias, refs, hp)
+
+        loss.unshifted = unshifted  # read by the patched forward
 
         out = model(
             input_ids=batch["input_ids"],
@@ -174,7 +235,12 @@ class UnlearnTrainer(Trainer):
         logging = self.model.training and (self.state.global_step + 1) % max(1, self.args.logging_steps) == 0
         forget_logp: list[float] = []
         forget = self._term(
-            model, inputs["forget"], self.forget_cache, self.method.forget, forget_logp if logging else None
+            model,
+            inputs["forget"],
+            self.forget_cache,
+            self.method.forget,
+            forget_logp if logging else None,
+            unshifted=self.hparams.get("flatten_positions") == "unshifted",
         )
         logs = {"forget_loss": float(forget.detach())}
         if forget_logp:
@@ -187,24 +253,42 @@ class UnlearnTrainer(Trainer):
                 raise ValueError(
                     f"retain: the method uses a {self.retain!r} retain term but no retain set was given"
                 )
-            term, _ = RETAIN_TERMS[self.retain]
             retain_logp: list[float] = []
-            retain = self._term(
-                model, inputs["retain"], self.retain_cache, term, retain_logp if logging else None
-            )
+            retain = self._retain_loss(model, inputs["retain"], retain_logp if logging else None)
             logs["retain_loss"] = float(retain.detach())
             if retain_logp:
                 logs["retain_logp"] = retain_logp[0]
             dual = self.dual
             if dual is not None:
-                dual.observe(retain.detach())
                 loss = gamma * forget + dual.lam * (retain - dual.eps)
                 logs["lambda"] = dual.lam
+                if self.model.training:
+                    dual.observe(retain.detach())
             else:
                 loss = gamma * forget + self.hparams.get("alpha", 1.0) * retain
         if self.model.training:
             self._unlearnx_logs = logs
         return (loss, None) if return_outputs else loss
+
+    def _retain_loss(self, model, batch: dict[str, Tensor], logp_out: list | None = None) -> Tensor:
+        rt = self.retain_term
+        return self._term(model, batch, self.retain_cache, rt.fn, logp_out, unshifted=rt.unshifted)
+
+    @torch.no_grad()
+    def mean_retain_loss(self) -> float:
+        """The retain loss averaged over the training data's retain batches, in eval mode
+        (PDU's ``dual_update_upon="epoch"``, as OU's ``post_epoch_dual_param_update``)."""
+        was_training = self.model.training
+        self.model.eval()
+        total, batches = 0.0, 0
+        try:
+            for batch in self.get_train_dataloader():
+                batch = self._prepare_inputs(batch)
+                total += float(self._retain_loss(self.model, batch["retain"]))
+                batches += 1
+        finally:
+            self.model.train(was_training)
+        return total / max(batches, 1)
 
     def _save_checkpoint(self, model, trial) -> None:
         """Atomic checkpoints: the Trainer writes ``checkpoint-N`` into a staging folder, which
