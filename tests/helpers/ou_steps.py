@@ -11,6 +11,7 @@ unlearnx's encoder and collator, which equal OU's.
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 
@@ -73,28 +74,48 @@ CASES = {
 }
 
 
-def setup():
-    """``(tokenizer, reference, policy, batch)``: fp32 models on CPU, ``batch`` of OU's shape
-    ``{"forget": {...}, "retain": {...}}`` (right-padded, attention 0 at pad ids), the
-    ``index`` key included (unlearnx's reference cache reads it)."""
+MODELS = ("tiny", "smollm2")
+SMOLLM2_CASES = ("npo_kl", "pdu", "simnpo")  # the real model's share of the suite's time
+
+
+def setup(model: str = "tiny"):
+    """``(tokenizer, reference, policy, batch, datasets)``: fp32 models on CPU, ``batch`` of
+    OU's shape ``{"forget": {...}, "retain": {...}}`` (right-padded, attention 0 at pad ids),
+    the ``index`` key included (unlearnx's reference cache reads it). ``model``: ``"tiny"``, a
+    2-layer Llama over a word tokenizer (Question:/Answer: tags), or ``"smollm2"``, the bundled
+    SmolLM2-135M-Instruct (its chat template; pad = EOS, so OU's mask also hides the EOS
+    tokens inside each conversation)."""
     from unlearnx.data.template import pad_id
     from unlearnx.data.tokenizer import build_word_tokenizer
     from unlearnx.models import tiny_llama
     from unlearnx.train.data import QADataset, pad
 
-    tok = build_word_tokenizer([q + " " + a for q, a in FORGET + RETAIN])
-    reference = tiny_llama(len(tok), hidden=32, intermediate=64, layers=2, heads=2, seed=0).eval()
+    if model == "tiny":
+        tok = build_word_tokenizer([q + " " + a for q, a in FORGET + RETAIN])
+        reference = tiny_llama(len(tok), hidden=32, intermediate=64, layers=2, heads=2, seed=0).eval()
+    else:
+        reference, tok = _smollm2()
     policy = copy.deepcopy(reference)
     with torch.no_grad():
         g = torch.Generator().manual_seed(1)
         for p in policy.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
+            # the real model moves by a fraction of each tensor's spread, the tiny one by 0.05
+            scale = 0.05 if model == "tiny" else 0.02 * float(p.std())
+            p.add_(scale * torch.randn(p.shape, generator=g))
     sets = {
         name: QADataset(tok, [q for q, _ in pairs], [a for _, a in pairs])
         for name, pairs in (("forget", FORGET), ("retain", RETAIN))
     }
     batch = {name: pad([ds[i] for i in range(len(ds))], pad_id(tok)) for name, ds in sets.items()}
     return tok, reference, policy, batch, sets
+
+
+@functools.cache
+def _smollm2():
+    from unlearnx.models import load_pretrained
+
+    model, tok = load_pretrained("smollm2")
+    return model.eval(), tok  # never trained: setup() trains deep copies
 
 
 def gradient_summary(model) -> dict[str, list[float]]:
