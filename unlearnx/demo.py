@@ -6,8 +6,9 @@
    another on everything but the forget authors (the *retain model*, the gold standard).
 3. Runs every unlearning method on a copy of the target and evaluates each:
    ``forget_prob`` (mean per-token answer probability on the forget set, TOFU's prob),
-   ``model_utility`` (harmonic mean of prob, ROUGE-L recall and truth-ratio score on the retain
-   and facts splits), ``forget_quality`` (KS p-value of forget-set truth ratios against the
+   ``utility`` (the demo's own: harmonic mean of prob, ROUGE-L recall and truth-ratio score on
+   its retain and facts splits; TOFU's ``model_utility`` is nine scores over TOFU's splits),
+   ``forget_quality`` (KS p-value of forget-set truth ratios against the
    retain model's), wall ``seconds`` and ``peak_mb`` (resident peak above the start).
 4. Prints a table and writes ``OUT/report.json`` and ``OUT/tradeoff.png``.
 """
@@ -104,7 +105,7 @@ def evaluate(
     forget_ratios = [e["truth_ratio"] for e in per["forget"]]
     return {
         "forget_prob": summary["forget"]["prob"],
-        "model_utility": 0.0 if min(scores) <= 0 else len(scores) / sum(1 / s for s in scores),
+        "utility": 0.0 if min(scores) <= 0 else len(scores) / sum(1 / s for s in scores),
         "forget_quality": None
         if retain_ratios is None
         else tofu.forget_quality(torch.tensor(forget_ratios), torch.tensor(retain_ratios)),
@@ -184,13 +185,13 @@ def run(cfg: DemoConfig, log=print) -> dict:
         )
         report_json["methods"][method] = entry
         log(
-            f"{method:<10} forget_prob {entry['forget_prob']:.4f}  utility {entry['model_utility']:.4f}  "
+            f"{method:<10} forget_prob {entry['forget_prob']:.4f}  utility {entry['utility']:.4f}  "
             f"{seconds:.0f} s"
         )
     report_json["acceptance"] = acceptance(report_json)
     (cfg.out / "report.json").write_text(json.dumps(report_json, indent=1) + "\n")
     runs = {"target": report_json["target"], "retain model": retain_eval, **report_json["methods"]}
-    report.plot_tradeoff(runs, cfg.out / "tradeoff.png")
+    report.plot_tradeoff(runs, cfg.out / "tradeoff.png", utility="utility")
     return report_json
 
 
@@ -200,7 +201,7 @@ def acceptance(rep: dict) -> dict:
     return {
         m: {
             "forget_prob_halved": e["forget_prob"] <= 0.5 * t["forget_prob"],
-            "utility_kept_80pct": e["model_utility"] >= 0.8 * t["model_utility"],
+            "utility_kept_80pct": e["utility"] >= 0.8 * t["utility"],
         }
         for m, e in rep["methods"].items()
         if m != "ga"
@@ -213,7 +214,7 @@ def table(rep: dict) -> str:
     for name, e in rows:
         fq = e.get("forget_quality")
         lines.append(
-            f"{name:<14}{e['forget_prob']:12.4f}{e['model_utility']:10.4f}"
+            f"{name:<14}{e['forget_prob']:12.4f}{e['utility']:10.4f}"
             f"{'-' if fq is None else f'{fq:.3g}':>10}{e.get('seconds', 0):9.1f}{e.get('peak_mb', 0):9.0f}"
         )
     return "\n".join(lines)

@@ -207,13 +207,15 @@ def avg_losses(model, tokenizer, items: Sequence[dict], *, batch_size: int = 32)
 
 def gradnorm_scores(model, tokenizer, items: Sequence[dict], p: float = GRADNORM_P) -> list[float]:
     """OU's GradNorm attack score per item: the mean over parameters of ``||dL/dparam||_p``,
-    ``L`` the mean token NLL of its labelled tokens except the last. One item at a time;
+    ``L`` the mean token NLL of its labelled tokens except the last (attention masked at pad
+    ids, as OU's collator masks it). One item at a time;
     the model's existing ``.grad`` are put back afterwards, so evaluation during training
     leaves the accumulated gradients alone."""
     device = next(model.parameters()).device
     weight, bias = lm_head(model)
     params = [q for q in model.parameters() if q.requires_grad]
     saved = [q.grad for q in params]
+    pad = pad_id(tokenizer)  # OU's collator masks attention at pad ids, EOS included where pad = EOS
     was_training = model.training
     model.train()  # as OU does (dropout-free models score the same either way)
     scores = []
@@ -230,7 +232,7 @@ def gradnorm_scores(model, tokenizer, items: Sequence[dict], p: float = GRADNORM
             if not (target != IGNORE_INDEX).any():
                 scores.append(0.0)
                 continue
-            hidden = hidden_states(model, ids, torch.ones_like(ids))[:, :-1]
+            hidden = hidden_states(model, ids, (ids != pad).long())[:, :-1]
             functional.nll_loss(hidden, weight, target, bias=bias).backward()
             norms = [q.grad.detach().norm(p=p) for q in params if q.grad is not None]
             scores.append(float(torch.stack(norms).float().mean()))
@@ -326,20 +328,28 @@ def _prob(run: _Run, split: str, answer_key: str) -> dict:
 
 
 def _rouge(run: _Run, split: str, answer_key: str) -> dict:
+    """ROUGE of the split's greedy answers against ``answer_key``; per example OU's log entry
+    (scores, input, ground truth, generation), each a list over the alternatives where the
+    answer is a list (perturbed answers). The greedy answer depends on the question alone, so
+    one generation serves every reference."""
     gens = run.generations(split)
     if answer_key == "answer":
         by = dict(enumerate(gens))
         values = [g["rougeL_recall"] for g in gens]
     else:
         items, k = run.items(split, answer_key, for_generation=True)
+        listed = isinstance(run.rows(split)[0][answer_key], list)
         by, values = {}, []
         for i, g in enumerate(gens):
-            scores = [
-                rouge_scores(g["generation"], ground_truth(run.tok, it)[1])
-                for it in items[i * k : (i + 1) * k]
-            ]
-            by[i] = {key: [s[key] for s in scores] for key in scores[0]} | {"generation": g["generation"]}
-            values.append(float(np.mean(by[i]["rougeL_recall"])))
+            entries = []
+            for it in items[i * k : (i + 1) * k]:
+                prompt, truth = ground_truth(run.tok, it)
+                gen = g["generation"]
+                entries.append(
+                    {**rouge_scores(gen, truth), "input": prompt, "ground_truth": truth, "generation": gen}
+                )
+            by[i] = {key: [e[key] for e in entries] for key in entries[0]} if listed else entries[0]
+            values.append(float(np.mean([e["rougeL_recall"] for e in entries])))
     return {"agg_value": float(np.mean(values)) if values else float("nan"), "value_by_index": by}
 
 
