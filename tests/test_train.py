@@ -12,9 +12,10 @@ import torch
 
 from tests.conftest import torchrun
 from tests.helpers import ou_steps
+from unlearnx.data.template import encode_chat, template_for
 from unlearnx.data.tofu import load_split
 from unlearnx.data.tokenizer import build_word_tokenizer
-from unlearnx.eval.metrics import answer_logprobs
+from unlearnx.eval.tofu import avg_losses
 from unlearnx.models import tiny_llama
 from unlearnx.train.api import CONSTANT_SCHEDULE, UnlearnConfig, unlearn
 from unlearnx.train.methods import METHODS, resolve
@@ -26,8 +27,9 @@ QUICK = CONSTANT_SCHEDULE  # the tests' schedule (the defaults are OU's)
 
 
 def _mean_logp(model, tok, pairs) -> float:
-    s, c = answer_logprobs(model, tok, [q for q, _ in pairs], [a for _, a in pairs])
-    return float((s / c).mean())
+    """Mean over the pairs of the per-token answer log-prob (OU's ``-avg_loss``)."""
+    items = [encode_chat(tok, template_for(tok), [q], [a]) for q, a in pairs]
+    return -float(avg_losses(model, tok, items).mean())
 
 
 @pytest.fixture(scope="module")

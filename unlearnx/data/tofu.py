@@ -31,7 +31,7 @@ def load_split(data_dir: str | Path, name: str) -> list[dict]:
 @dataclass
 class Encoded:
     input_ids: torch.Tensor  # (B, T) int64, right-padded
-    attention_mask: torch.Tensor  # (B, T) int64
+    attention_mask: torch.Tensor  # (B, T) int64: 0 wherever input_ids == pad (OU's collator)
     labels: torch.Tensor  # (B, T) int64: the answer tokens, -100 on prompt and padding
 
 
@@ -66,10 +66,11 @@ def encode_qa(
     ids = [torch.tensor(e["input_ids"][:max_length]) for e in encoded]
     labels = [torch.tensor(e["labels"][:max_length]) for e in encoded]
     pad = pad_id(tokenizer)
+    input_ids = pad_sequence(ids, batch_first=True, padding_value=pad)
+    # OU's collator mask: every pad id is masked, EOS included where pad = EOS
+    attention_mask = (input_ids != pad).long()
     return Encoded(
-        pad_sequence(ids, batch_first=True, padding_value=pad),
-        pad_sequence([torch.ones_like(i) for i in ids], batch_first=True, padding_value=0),
-        pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX),
+        input_ids, attention_mask, pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX)
     )
 
 

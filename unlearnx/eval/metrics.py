@@ -7,7 +7,7 @@ strength."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -16,7 +16,6 @@ from torch import Tensor
 from unlearnx import functional
 from unlearnx._ops import flatten_margins
 from unlearnx.data.template import IGNORE_INDEX, pad_id
-from unlearnx.data.tofu import encode_qa
 from unlearnx.integrations.transformers import hidden_states
 
 logging.getLogger("absl").setLevel(logging.WARNING)  # rouge_score logs every call
@@ -28,27 +27,6 @@ def lm_head(model) -> tuple[Tensor, Tensor | None]:
     if head is None:
         raise ValueError("model: has no output embeddings (get_output_embeddings() is None)")
     return head.weight, getattr(head, "bias", None)
-
-
-@torch.no_grad()
-def answer_logprobs(
-    model, tokenizer, questions: list[str], answers: list[str], *, batch_size: int = 8, max_length: int = 512
-) -> tuple[Tensor, Tensor]:
-    """``(sums (B,), counts (B,))``: summed log-probability of each answer given its question,
-    and the answer's token count (EOS included). fp32, on CPU."""
-    sums, counts = [], []
-    device = next(model.parameters()).device
-    weight, bias = lm_head(model)
-    for start in range(0, len(questions), batch_size):
-        enc = encode_qa(
-            tokenizer, questions[start : start + batch_size], answers[start : start + batch_size], max_length
-        )
-        ids, mask, labels = (t.to(device) for t in (enc.input_ids, enc.attention_mask, enc.labels))
-        hidden = hidden_states(model, ids, mask)
-        s, c = functional.sequence_logprobs(hidden[:, :-1], weight, labels[:, 1:], bias=bias)
-        sums.append(s.float().cpu())
-        counts.append(c.cpu())
-    return torch.cat(sums), torch.cat(counts)
 
 
 def pad_rows(rows: Sequence[Sequence[int]], value: int, *, left: bool = False) -> Tensor:
@@ -174,6 +152,31 @@ def ground_truth(tokenizer, item: dict[str, list[int]]) -> tuple[str, str]:
     return prompt, full.replace(prompt, "").strip()
 
 
+def padded_batches(
+    model, tokenizer, items: Sequence[dict[str, list[int]]], batch_size: int
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """``(input_ids, labels, hidden)`` per batch of encoded items, right-padded as OU's
+    collator pads them (attention masked wherever ``input_ids == pad``); ``hidden`` the final
+    hidden states ``(B, T, D)``, without the head. The caller chooses the grad mode."""
+    device = next(model.parameters()).device
+    pad = pad_id(tokenizer)
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        ids = pad_rows([it["input_ids"] for it in batch], pad).to(device)
+        labels = pad_rows([it["labels"] for it in batch], IGNORE_INDEX).to(device)
+        yield ids, labels, hidden_states(model, ids, (ids != pad).long())
+
+
+def labelled_targets(ids: Tensor, labels: Tensor) -> Tensor:
+    """OU's ``tokenwise_logprobs`` positions as shifted targets ``(B, T-1)``: each labelled
+    token but the last one of its row (and never position 0, which has nothing before it);
+    -100 elsewhere."""
+    labelled = labels != IGNORE_INDEX
+    pos = torch.arange(ids.shape[1], device=ids.device)
+    last = torch.where(labelled, pos, -1).amax(1, keepdim=True)
+    return torch.where(labelled & (pos < last) & (pos > 0), ids, IGNORE_INDEX)[:, 1:]
+
+
 @torch.no_grad()
 def labelled_predictions(
     model,
@@ -191,20 +194,11 @@ def labelled_predictions(
     and ``argmax`` take one fused pass over the head per batch (right-padded); ``zscore``
     needs the whole distribution and forms logits for the labelled positions only, in row
     chunks. Results on CPU."""
-    device = next(model.parameters()).device
     weight, bias = lm_head(model)
-    pad = pad_id(tokenizer)
     out = []
-    for start in range(0, len(items), batch_size):
-        batch = items[start : start + batch_size]
-        ids = pad_rows([it["input_ids"] for it in batch], pad).to(device)
-        labelled = pad_rows([it["labels"] for it in batch], IGNORE_INDEX).to(device) != IGNORE_INDEX
-        pos = torch.arange(ids.shape[1], device=device)
-        last = torch.where(labelled, pos, -1).amax(1, keepdim=True)
-        # position 0 has nothing before it; the last labelled token is left out, as in OU
-        keep = labelled & (pos < last) & (pos > 0)
-        target = torch.where(keep, ids, IGNORE_INDEX)[:, 1:]
-        hidden = hidden_states(model, ids, (ids != pad).long())[:, :-1]
+    for ids, labels, hidden in padded_batches(model, tokenizer, items, batch_size):
+        target = labelled_targets(ids, labels)
+        hidden = hidden[:, :-1]
         if kind == "logp":
             values = functional.token_logprobs(hidden, weight, target, bias=bias).float()
         elif kind == "zscore":

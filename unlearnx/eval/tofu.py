@@ -39,6 +39,7 @@ model evaluated by OU or by unlearnx serves as ``retain_logs`` for either.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import zlib
@@ -60,14 +61,13 @@ from unlearnx.eval.metrics import (
     generation_scores,
     ground_truth,
     labelled_predictions,
+    labelled_targets,
     lm_head,
     min_k_score,
-    pad_id,
-    pad_rows,
+    padded_batches,
     privleak,
     rouge_scores,
 )
-from unlearnx.integrations.transformers import hidden_states
 
 DEFAULT_METRICS = (
     "forget_truth_ratio",
@@ -191,15 +191,9 @@ def reference_values(logs: Mapping) -> dict:
 def avg_losses(model, tokenizer, items: Sequence[dict], *, batch_size: int = 32) -> Tensor:
     """OU's ``evaluate_probability``: ``(n,)`` float64 summed answer NLL over the labelled
     token count, per encoded item (right-padded batches, attention ``input_ids != pad``)."""
-    device = next(model.parameters()).device
     weight, bias = lm_head(model)
-    pad = pad_id(tokenizer)
     out = []
-    for start in range(0, len(items), batch_size):
-        batch = items[start : start + batch_size]
-        ids = pad_rows([it["input_ids"] for it in batch], pad).to(device)
-        labels = pad_rows([it["labels"] for it in batch], IGNORE_INDEX).to(device)
-        hidden = hidden_states(model, ids, (ids != pad).long())
+    for _, labels, hidden in padded_batches(model, tokenizer, items, batch_size):
         sums, _ = functional.sequence_logprobs(hidden[:, :-1], weight, labels[:, 1:], bias=bias)
         out.append(-sums.double().cpu() / (labels != IGNORE_INDEX).sum(-1).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
@@ -211,29 +205,21 @@ def gradnorm_scores(model, tokenizer, items: Sequence[dict], p: float = GRADNORM
     ids, as OU's collator masks it). One item at a time;
     the model's existing ``.grad`` are put back afterwards, so evaluation during training
     leaves the accumulated gradients alone."""
-    device = next(model.parameters()).device
     weight, bias = lm_head(model)
     params = [q for q in model.parameters() if q.requires_grad]
     saved = [q.grad for q in params]
-    pad = pad_id(tokenizer)  # OU's collator masks attention at pad ids, EOS included where pad = EOS
     was_training = model.training
     model.train()  # as OU does (dropout-free models score the same either way)
     scores = []
     try:
-        for it in items:
+        for ids, labels, hidden in padded_batches(model, tokenizer, items, 1):
             for q in params:
                 q.grad = None
-            ids = torch.tensor([it["input_ids"]], device=device)
-            labels = torch.tensor([it["labels"]], device=device)
-            pos = torch.arange(ids.shape[1], device=device)
-            labelled = labels != IGNORE_INDEX
-            last = torch.where(labelled, pos, -1).amax()
-            target = torch.where(labelled & (pos < last) & (pos > 0), ids, IGNORE_INDEX)[:, 1:]
+            target = labelled_targets(ids, labels)
             if not (target != IGNORE_INDEX).any():
                 scores.append(0.0)
                 continue
-            hidden = hidden_states(model, ids, (ids != pad).long())[:, :-1]
-            functional.nll_loss(hidden, weight, target, bias=bias).backward()
+            functional.nll_loss(hidden[:, :-1], weight, target, bias=bias).backward()
             norms = [q.grad.detach().norm(p=p) for q in params if q.grad is not None]
             scores.append(float(torch.stack(norms).float().mean()))
     finally:
@@ -243,47 +229,46 @@ def gradnorm_scores(model, tokenizer, items: Sequence[dict], p: float = GRADNORM
     return scores
 
 
-class _Run:
-    """Lazily computed per-split quantities shared between metrics (OU's ``cache``)."""
+Source = tuple[str, str, Callable[[], list[dict]]]  # (name for errors, question key, rows)
 
-    def __init__(self, model, tokenizer, data_dir, forget_split, holdout_split, question_key, template,
-                 batch_size, max_new_tokens, limit):  # fmt: skip
-        self.model, self.tok, self.data_dir = model, tokenizer, Path(data_dir)
-        self.template, self.batch_size, self.max_new_tokens, self.limit = (
-            template,
-            batch_size,
-            max_new_tokens,
-            limit,
-        )
-        self.files = {
-            "forget": (f"{forget_split}_perturbed", question_key),
-            "retain": ("retain_perturbed", question_key),
-            "ra": ("real_authors_perturbed", "question"),
-            "wf": ("world_facts_perturbed", "question"),
-            "holdout": (holdout_split, "question"),
-        }
+
+class _Run:
+    """Lazily computed per-split quantities shared between metrics (OU's ``cache``), over
+    ``sources``: split -> (name, question key, a function giving its rows)."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        sources: dict[str, Source],
+        template: Template,
+        batch_size: int,
+        max_new_tokens: int,
+    ) -> None:
+        self.model, self.tok, self.sources, self.template = model, tokenizer, sources, template
+        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self._rows: dict[str, list[dict]] = {}
         self._losses: dict[tuple[str, str], Tensor] = {}
         self._gen: dict[str, list[dict]] = {}
 
     def rows(self, split: str) -> list[dict]:
         if split not in self._rows:
-            file, qkey = self.files[split]
-            rows = load_split(self.data_dir, file)[: self.limit]
+            name, qkey, load = self.sources[split]
+            rows = load()
             missing = [i for i, r in enumerate(rows) if qkey not in r]
             if missing:
-                raise ValueError(f"question_key: {file}.json row {missing[0]} has no {qkey!r}")
+                raise ValueError(f"question_key: {name} row {missing[0]} has no {qkey!r}")
             self._rows[split] = rows
         return self._rows[split]
 
     def items(self, split: str, answer_key: str, *, for_generation: bool = False) -> tuple[list[dict], int]:
         """Encoded items (one per answer; list-valued answers flattened) and answers per row."""
-        qkey = self.files[split][1]
+        name, qkey, _ = self.sources[split]
         rows = self.rows(split)
         answers = [r[answer_key] if isinstance(r[answer_key], list) else [r[answer_key]] for r in rows]
         k = len(answers[0]) if answers else 1
         if any(len(a) != k for a in answers):
-            raise ValueError(f"{self.files[split][0]}: every row needs the same number of {answer_key}")
+            raise ValueError(f"{name}: every row needs the same number of {answer_key}")
         items = [
             encode_chat(self.tok, self.template, [r[qkey]], [a], for_generation=for_generation)
             for r, ans in zip(rows, answers, strict=True)
@@ -488,8 +473,18 @@ def evaluate_tofu(
     template = template if isinstance(template, Template) else template_for(tokenizer, template)
     was_training = model.training
     model.eval()
-    run = _Run(model, tokenizer, data_dir, forget_split, holdout_split, question_key, template,
-               batch_size, max_new_tokens, limit)  # fmt: skip
+    files = {
+        "forget": (f"{forget_split}_perturbed", question_key),
+        "retain": ("retain_perturbed", question_key),
+        "ra": ("real_authors_perturbed", "question"),
+        "wf": ("world_facts_perturbed", "question"),
+        "holdout": (holdout_split, "question"),
+    }
+    sources = {
+        split: (f"{file}.json", qkey, functools.partial(_load_rows, data_dir, file, limit))
+        for split, (file, qkey) in files.items()
+    }
+    run = _Run(model, tokenizer, sources, template, batch_size, max_new_tokens)
     logs: dict[str, dict] = {}
     try:
         for name in tqdm(metrics, desc="TOFU metrics", leave=False):
@@ -500,6 +495,10 @@ def evaluate_tofu(
         model.train(was_training)
     summary = {m: logs[m]["agg_value"] for m in metrics}
     return summary, dict(sorted(logs.items()))
+
+
+def _load_rows(data_dir, file: str, limit: int | None) -> list[dict]:
+    return load_split(data_dir, file)[:limit]
 
 
 def write_logs(out_dir: str | Path, summary: Mapping, logs: Mapping) -> tuple[Path, Path]:
@@ -527,36 +526,21 @@ def evaluate_split(
         raise ValueError(f"kind: expected 'qa' or 'mc', got {kind!r}")
     if not rows:
         return []
-    template = template_for(tokenizer)
-
-    def items(key: str, **kw) -> list[dict]:
-        return [
-            encode_chat(tokenizer, template, [r["question"]], [a], **kw)
-            for r in rows
-            for a in (r[key] if isinstance(r[key], list) else [r[key]])
-        ]
-
-    k = len(rows[0]["perturbed_answer"])
-    if any(len(r["perturbed_answer"]) != k for r in rows):
-        raise ValueError("rows: every example needs the same number of perturbed answers")
-    answer = avg_losses(model, tokenizer, items("answer"), batch_size=batch_size)
-    para = (
-        answer
-        if kind == "mc"
-        else avg_losses(model, tokenizer, items("paraphrased_answer"), batch_size=batch_size)
+    run = _Run(
+        model,
+        tokenizer,
+        {"rows": ("rows", "question", lambda: rows)},
+        template_for(tokenizer),
+        batch_size,
+        max_new_tokens,
     )
-    pert = avg_losses(model, tokenizer, items("perturbed_answer"), batch_size=batch_size).view(len(rows), k)
+    answer, pert = run.losses("rows", "answer"), run.losses("rows", "perturbed_answer")
+    para = answer if kind == "mc" else run.losses("rows", "paraphrased_answer")
     prob = torch.exp(-answer)
     if kind == "mc":
         prob = prob / (prob + torch.exp(-pert).sum(-1) + 1e-10)
     ratios = truth_ratio(para, pert)
-    gens = generation_scores(
-        model,
-        tokenizer,
-        items("answer", for_generation=True),
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-    )
+    gens = run.generations("rows")
     return [
         {
             "question": r["question"],

@@ -563,6 +563,24 @@ def _as_dataset(tok, data, max_length: int):
     return data
 
 
+def _load_for_training(job: dict, device: str | None, command: str):
+    """Says which optimiser runs, loads the model, checks the template against its tokenizer
+    and wraps LoRA: ``(model, tokenizer)``, or None after printing the error."""
+    import sys
+
+    from unlearnx.train.api import training_precision_and_optimiser
+
+    bf16, optim, why = training_precision_and_optimiser(job["config"])
+    print(f"optimiser {optim} ({why}); bf16 {bf16}")
+    model, tok = load_pretrained(job["model"], device or _default_device())
+    try:
+        template_for(tok, job["config"].template)
+    except ValueError as err:
+        print(f"unlearnx {command}: --{err}", file=sys.stderr)
+        return None
+    return _with_lora(model, job["lora"]), tok
+
+
 def _default_device() -> str:
     """This process's GPU under torchrun / accelerate launch (LOCAL_RANK), else cuda or cpu."""
     import os
@@ -584,18 +602,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import torch
 
-    from unlearnx.train.api import training_precision_and_optimiser, unlearn
+    from unlearnx.train.api import unlearn
 
-    bf16, optim, why = training_precision_and_optimiser(job["config"])
-    print(f"optimiser {optim} ({why}); bf16 {bf16}")
-    device = job["device"] or _default_device()
-    model, tok = load_pretrained(job["model"], device)
-    try:
-        template_for(tok, job["config"].template)
-    except ValueError as err:
-        print(f"unlearnx unlearn: --{err}", file=sys.stderr)
+    loaded = _load_for_training(job, job["device"], "unlearn")
+    if loaded is None:
         return 2
-    model = _with_lora(model, job["lora"])
+    model, tok = loaded
     if job["requests"]:
         return _run_requests(job, model, tok)
     forget, retain = (_as_dataset(tok, d, job["config"].max_length) for d in (job["forget"], job["retain"]))
@@ -845,7 +857,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     import torch
 
-    from unlearnx.train.api import finetune, training_precision_and_optimiser
+    from unlearnx.train.api import finetune
 
     try:
         job = plan_finetune(args)
@@ -853,15 +865,10 @@ def run_finetune(args: argparse.Namespace) -> int:
         print(f"unlearnx finetune: {err}", file=sys.stderr)
         return 2
     cfg = job["config"]
-    bf16, optim, why = training_precision_and_optimiser(cfg)
-    print(f"optimiser {optim} ({why}); bf16 {bf16}")
-    model, tok = load_pretrained(job["model"], args.device or _default_device())
-    try:
-        template_for(tok, cfg.template)
-    except ValueError as err:
-        print(f"unlearnx finetune: --{err}", file=sys.stderr)
+    loaded = _load_for_training(job, args.device, "finetune")
+    if loaded is None:
         return 2
-    model = _with_lora(model, job["lora"])
+    model, tok = loaded
     path = job["out"] / "model"
     result = finetune(
         model,
