@@ -451,6 +451,10 @@ def test_finetune_command_learns_the_data_with_ous_defaults(job, capsys) -> None
         if '"loss"' in line
     ]
     assert len(losses) == record["result"]["steps"] == 15 and losses[-1] < 0.5 * losses[0]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # finetuning has no forget set: its term is logged as the answers' loss and log-prob
+    assert any("answer_loss" in r and r["answer_logp"] < 0 for r in records)
+    assert not any("forget_loss" in r for r in records)
     assert (out / "model" / "config.json").is_file() and "fine-tuned in 15 steps" in capsys.readouterr().out
     from unlearnx.train.api import FINETUNE_DEFAULTS
 

@@ -149,6 +149,7 @@ def finetune(
         callbacks,
         save_to,
         report=False,
+        log_name="answer",
     )
 
 
@@ -214,6 +215,7 @@ def _run(
     *,
     report: bool,
     reference_model=None,
+    log_name: str = "forget",
 ) -> dict:
     if retain_term != "none" and (retain is None or len(retain) == 0):
         raise ValueError(
@@ -297,6 +299,7 @@ def _run(
         forget_cache=forget_cache,
         retain_cache=retain_cache,
         kl_reduction=config.kl_reduction,
+        log_name=log_name,
     )
     _check_sharding(trainer, config)
     has_checkpoint = resume and any((out_dir / "checkpoints").glob("checkpoint-*"))

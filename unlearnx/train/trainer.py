@@ -172,9 +172,11 @@ class UnlearnTrainer(Trainer):
         forget_cache: ReferenceCache | None,
         retain_cache: ReferenceCache | None,
         kl_reduction: str = "batchmean",
+        log_name: str = "forget",
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.log_name = log_name  # the logs' name of the first term (finetuning: "answer")
         self.add_callback(_EpochDualPass(self))
         patch_causal_lm(self.model)
         self.method, self.hparams, self.retain = method, hparams, retain
@@ -242,9 +244,9 @@ class UnlearnTrainer(Trainer):
             forget_logp if logging else None,
             unshifted=self.hparams.get("flatten_positions") == "unshifted",
         )
-        logs = {"forget_loss": float(forget.detach())}
+        logs = {f"{self.log_name}_loss": float(forget.detach())}
         if forget_logp:
-            logs["forget_logp"] = forget_logp[0]
+            logs[f"{self.log_name}_logp"] = forget_logp[0]
         gamma = self.hparams.get("gamma", 1.0)
         if self.retain == "none":
             loss = gamma * forget
