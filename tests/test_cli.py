@@ -62,6 +62,19 @@ def test_bad_arguments_are_rejected(argv, needle, capsys) -> None:
     assert needle in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["demo", "--quick", "--model", "/some/model"], "--model: the --quick demo trains its own"),
+        (["demo", "--model", "/nonexistent"], "--model: /nonexistent is not a Hugging Face model"),
+    ],
+)
+def test_demo_model_errors_come_before_any_work(argv, needle, tmp_path, capsys) -> None:
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_info_reports_the_build(capsys) -> None:
     assert main(["info"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -77,10 +90,10 @@ def test_cuda_kernels_were_built_when_required() -> None:
     assert "9.0" in info["cuda_archs"] and "8.0" in info["cuda_archs"]
 
 
-def test_demo_meets_its_acceptance_bar(tmp_path, capsys) -> None:
-    """The full demo with its defaults (about 100 s on 2 cores): every method but ga at least
+def test_quick_demo_meets_its_acceptance_bar(tmp_path, capsys) -> None:
+    """The quick demo with its defaults (about 100 s on 2 cores): every method but ga at least
     halves the target's forget_prob and keeps 80% of its model utility."""
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     rep = json.loads((tmp_path / "report.json").read_text())
     assert set(rep["methods"]) == {"ga", "grad_diff", "npo", "simnpo", "dipo", "pdu", "dto"}
     for entry in (rep["target"], rep["retain_model"], *rep["methods"].values()):

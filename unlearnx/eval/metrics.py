@@ -266,3 +266,25 @@ def extraction_strength(argmax: Tensor, labels: Tensor) -> float:
     right = (argmax == labels).tolist()
     k = next((k for k in range(n) if all(right[k:])), n - 1)
     return 1 - k / n
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, texts: Sequence[str], *, batch_size: int = 8) -> float:
+    """``exp`` of the mean next-token NLL over every token of ``texts`` (each tokenised on its
+    own, special tokens as the tokenizer adds them; at least two tokens each), through the
+    fused forward-only path."""
+    items = []
+    for i, text in enumerate(texts):
+        ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+        if len(ids) < 2:
+            raise ValueError(f"texts: text {i} has {len(ids)} token(s); nothing to predict")
+        items.append({"input_ids": ids, "labels": ids})
+    if not items:
+        raise ValueError("texts: empty")
+    weight, bias = lm_head(model)
+    total, count = 0.0, 0
+    for _, labels, hidden in padded_batches(model, tokenizer, items, batch_size):
+        target = labels[:, 1:]
+        total += float(functional.nll_loss(hidden[:, :-1], weight, target, bias=bias, reduction="sum"))
+        count += int((target != IGNORE_INDEX).sum())
+    return float(torch.exp(torch.tensor(total / count)))

@@ -77,19 +77,26 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def plot_tradeoff(runs: Mapping[str, Mapping], path: str | Path, *, utility: str = "model_utility") -> Path:
-    """Scatter of forget quality (log scale) against the ``utility`` key (TOFU's model
-    utility by default), one labelled point per run with both values; writes a PNG and
-    returns its path."""
+def plot_tradeoff(
+    runs: Mapping[str, Mapping],
+    path: str | Path,
+    *,
+    utility: str = "model_utility",
+    forget: str = "forget_quality",
+    forget_label: str = "forget quality (KS p-value)",
+) -> Path:
+    """Scatter of the ``forget`` key (log scale; TOFU's forget quality by default) against the
+    ``utility`` key (TOFU's model utility by default), one labelled point per run with both
+    values; writes a PNG and returns its path."""
     fig, ax = _figure((5.5, 4))
     for name, s in runs.items():
-        fq, mu = _value(s, "forget_quality"), _value(s, utility)
+        fq, mu = _value(s, forget), _value(s, utility)
         if fq is None or mu is None:
             continue
         ax.scatter(mu, max(fq, 1e-30))
         ax.annotate(name, (mu, max(fq, 1e-30)), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel(utility.replace("_", " "))
-    ax.set_ylabel("forget quality (KS p-value)")
+    ax.set_ylabel(forget_label)
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -521,9 +521,10 @@ def evaluate_split(
     """Per-example ``prob``, ``rouge`` (ROUGE-L recall), ``truth_ratio`` and ``generation`` for
     rows with ``question``, ``answer``, ``perturbed_answer`` (and ``paraphrased_answer`` for
     ``kind="qa"``; ``"mc"``: the probability is normalised against the perturbed answers and
-    the answer stands in for the paraphrase), defined as in the module docstring."""
-    if kind not in ("qa", "mc"):
-        raise ValueError(f"kind: expected 'qa' or 'mc', got {kind!r}")
+    the answer stands in for the paraphrase), defined as in the module docstring.
+    ``kind="answer"``: rows need only ``question`` and ``answer``; no ``truth_ratio``."""
+    if kind not in ("qa", "mc", "answer"):
+        raise ValueError(f"kind: expected 'qa', 'mc' or 'answer', got {kind!r}")
     if not rows:
         return []
     run = _Run(
@@ -534,24 +535,29 @@ def evaluate_split(
         batch_size,
         max_new_tokens,
     )
-    answer, pert = run.losses("rows", "answer"), run.losses("rows", "perturbed_answer")
-    para = answer if kind == "mc" else run.losses("rows", "paraphrased_answer")
+    answer = run.losses("rows", "answer")
     prob = torch.exp(-answer)
-    if kind == "mc":
-        prob = prob / (prob + torch.exp(-pert).sum(-1) + 1e-10)
-    ratios = truth_ratio(para, pert)
-    gens = run.generations("rows")
-    return [
+    out = [
         {
             "question": r["question"],
             "answer": r["answer"],
             "generation": g["generation"],
             "prob": float(p),
             "rouge": g["rougeL_recall"],
-            "truth_ratio": float(t),
         }
-        for r, g, p, t in zip(rows, gens, prob, ratios, strict=True)
+        for r, g, p in zip(rows, run.generations("rows"), prob, strict=True)
     ]
+    if kind == "answer":
+        return out
+    pert = run.losses("rows", "perturbed_answer")
+    para = answer if kind == "mc" else run.losses("rows", "paraphrased_answer")
+    if kind == "mc":
+        prob = prob / (prob + torch.exp(-pert).sum(-1) + 1e-10)
+        for e, p in zip(out, prob, strict=True):
+            e["prob"] = float(p)
+    for e, t in zip(out, truth_ratio(para, pert), strict=True):
+        e["truth_ratio"] = float(t)
+    return out
 
 
 def summarize(per_example: list[dict]) -> dict[str, float]:
