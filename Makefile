@@ -11,7 +11,7 @@ demo: bootstrap
 test: bootstrap
 	$(PY) -c "import unlearnx, json; print('build_info:', json.dumps(unlearnx.build_info()))"
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q tests benches/test_bench_cpu.py --benchmark-disable
+	$(PY) -m pytest -q tests benches/test_bench_cpu.py benches/test_efficacy.py --benchmark-disable
 
 bench: bootstrap
 	$(PY) -m benches.run --device cpu --losses nll npo simnpo flatten kl dipo dto --B 4 --T 128 512 2048 \
