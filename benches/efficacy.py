@@ -110,14 +110,13 @@ class Stages:
         self,
         data: Path,
         work: Path,
-        out: Path,
         log,
         train: dict,
         lr_grid: list[float],
         limit: int | None,
         unlearn_epochs: float,
     ) -> None:
-        self.data, self.work, self.out, self.log = data, work, out, log
+        self.data, self.work, self.log = data, work, log
         self.train, self.lr_grid, self.limit = train, lr_grid, limit
         self.unlearn_epochs = unlearn_epochs
         self.full = _rows(data, "full")
@@ -264,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     train = {**TRAIN, "epochs": args.train_epochs}
-    st = Stages(args.data, work, args.out, log, train, args.lr_grid, args.limit, args.unlearn_epochs)
+    st = Stages(args.data, work, log, train, args.lr_grid, args.limit, args.unlearn_epochs)
     retain_model = st.model("retain_model", [RETAIN_ROWS, TUNE_ROWS])
     target = st.model("target", [RETAIN_ROWS, TUNE_ROWS, FORGET_ROWS])
     retain_summary, retain_logs = st.evaluate("retain_model", retain_model, None)
