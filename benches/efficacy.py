@@ -139,7 +139,7 @@ class Stages:
         if not (path / "config.json").is_file():
             tok = self.tokenizer()
             pairs = [p for r in rows for p in _pairs(self.full, r)]
-            model = tiny_llama(len(tok), **MODEL, seed=0)
+            model = tiny_llama(len(tok), **MODEL, seed=0, tokenizer=tok)
             t0 = time.perf_counter()
             finetune(model, tok, pairs, UnlearnConfig(**self.train), self.work / "runs" / name)
             save_model(model, tok, path)

@@ -104,7 +104,7 @@ def lm():
             for r in load_split(DATA, name)[:6]:
                 texts += [r["question"], r["answer"], *r["perturbed_answer"], r.get("paraphrased_answer", "")]
     tok = build_word_tokenizer(texts or ["question answer"])
-    return tiny_llama(len(tok), heads=2).eval(), tok
+    return tiny_llama(len(tok), heads=2, tokenizer=tok).eval(), tok
 
 
 def _direct_avg_loss(model, tok, question: str, answer: str) -> float:
@@ -119,6 +119,40 @@ def _direct_avg_loss(model, tok, question: str, answer: str) -> float:
 
 
 @needs_data
+def _eos_only_head(model, eos: int):
+    """A head whose greedy choice is always ``eos``."""
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    torch.nn.init.zeros_(head.weight)
+    with torch.no_grad():
+        head.bias.copy_(torch.nn.functional.one_hot(torch.tensor(eos), model.config.vocab_size).float())
+    model.lm_head = head
+    return model
+
+
+def test_generation_stops_at_the_tokenizers_eos(lm) -> None:
+    """tiny_llama(tokenizer=) puts the tokenizer's special ids in the config, so generate stops
+    at the EOS training appends; LlamaConfig's defaults (EOS 2 = "<s>" here) never stop, and
+    greedy_continue says so."""
+    model, tok = lm
+    assert (model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id) == (
+        tok.bos_token_id,
+        tok.eos_token_id,
+        tok.pad_token_id,
+    )
+    assert tok.eos_token_id != 2
+    prompt = torch.tensor(
+        [encode_chat(tok, template_for(tok), ["q"], ["a"], for_generation=True)["input_ids"]]
+    )
+    fixed = _eos_only_head(tiny_llama(len(tok), heads=2, tokenizer=tok).eval(), tok.eos_token_id)
+    assert fixed.generate(prompt, max_new_tokens=6, do_sample=False).shape[1] == prompt.shape[1] + 1
+    default = _eos_only_head(tiny_llama(len(tok), heads=2).eval(), tok.eos_token_id)
+    assert default.generate(prompt, max_new_tokens=6, do_sample=False).shape[1] == prompt.shape[1] + 6
+    with pytest.warns(UserWarning, match="not at the tokenizer's EOS"):
+        metrics.greedy_continue(default, tok, [prompt[0].tolist()], max_new_tokens=2)
+    with pytest.raises(ValueError, match="vocab_size"):
+        tiny_llama(len(tok) - 1, tokenizer=tok)
+
+
 def test_avg_losses_match_materialised_logits(lm) -> None:
     model, tok = lm
     rows = load_split(DATA, "forget01_perturbed")[:5]

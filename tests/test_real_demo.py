@@ -56,7 +56,7 @@ def test_split_facts_keeps_the_topic_and_halves_the_rest() -> None:
 def test_perplexity_equals_the_materialised_one() -> None:
     texts = ["the cat sat on the mat .", "a dog ran in the park and the cat sat ."]
     tok = build_word_tokenizer(texts)
-    model = tiny_llama(len(tok), hidden=32, layers=1, seed=3).eval()
+    model = tiny_llama(len(tok), hidden=32, layers=1, seed=3, tokenizer=tok).eval()
     nll, count = 0.0, 0
     with torch.no_grad():
         for t in texts:

@@ -27,7 +27,7 @@ def setup(tmp_path: Path) -> dict[str, Path]:
     paths = {"forget": tmp_path / "forget.jsonl", "out": tmp_path / "out"}
     paths["forget"].write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in FORGET))
     for name, seed in (("original", 0), ("other", 1)):
-        tiny_llama(len(tok), heads=2, seed=seed).save_pretrained(tmp_path / name)
+        tiny_llama(len(tok), heads=2, seed=seed, tokenizer=tok).save_pretrained(tmp_path / name)
         tok.save_pretrained(tmp_path / name)
         paths[name] = tmp_path / name
     return paths

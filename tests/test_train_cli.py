@@ -31,7 +31,7 @@ RETAIN = [
 def job(tmp_path: Path) -> dict[str, Path]:
 
     tok = build_word_tokenizer([q + " " + a for q, a in FORGET + RETAIN])
-    tiny_llama(len(tok), heads=2).save_pretrained(tmp_path / "model")
+    tiny_llama(len(tok), heads=2, tokenizer=tok).save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
     paths = {
         "model": tmp_path / "model",

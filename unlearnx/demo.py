@@ -143,7 +143,9 @@ def run(cfg: DemoConfig, log=print) -> dict:
         ("target", data["forget"] + data["retain"] + data["facts"]),
     ):
         t0 = time.perf_counter()
-        model = tiny_llama(len(tok), hidden=cfg.hidden, layers=cfg.layers, max_positions=128, seed=cfg.seed)
+        model = tiny_llama(
+            len(tok), hidden=cfg.hidden, layers=cfg.layers, max_positions=128, seed=cfg.seed, tokenizer=tok
+        )
         finetune(model, tok, _pairs(rows), train_cfg, cfg.out / "runs" / name)
         models[name] = model
         log(f"trained {name} from scratch on {len(rows)} QA pairs in {time.perf_counter() - t0:.0f} s")

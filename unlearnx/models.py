@@ -30,12 +30,22 @@ def tiny_llama(
     max_positions: int = 256,
     tie: bool = False,
     seed: int = 0,
+    tokenizer=None,
 ):
     """A ``LlamaForCausalLM`` with ``layers`` decoder layers of width ``hidden`` (heads of 32 by
-    default, MLP width ``2 * hidden``), initialised from ``seed``."""
+    default, MLP width ``2 * hidden``), initialised from ``seed``. ``tokenizer``: its BOS, EOS
+    and pad ids go into the config, so that ``generate`` stops at the EOS that training puts
+    after each answer (``LlamaConfig``'s defaults, BOS 1 and EOS 2, match no tokenizer here)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     heads = heads or max(1, hidden // 32)
+    special = {}
+    if tokenizer is not None:
+        if len(tokenizer) > vocab_size:
+            raise ValueError(
+                f"vocab_size: {vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens"
+            )
+        special = {f"{k}_token_id": getattr(tokenizer, f"{k}_token_id") for k in ("bos", "eos", "pad")}
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=vocab_size,
@@ -46,6 +56,7 @@ def tiny_llama(
         num_key_value_heads=heads,
         max_position_embeddings=max_positions,
         tie_word_embeddings=tie,
+        **special,
     )
     return LlamaForCausalLM(cfg)
 

@@ -7,6 +7,7 @@ strength."""
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
@@ -72,6 +73,7 @@ def greedy_continue(
 
     device = next(model.parameters()).device
     pad = pad_id(tokenizer)
+    _warn_if_eos_differs(model, tokenizer)
     out: list[str] = []
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc=desc, leave=False) if desc else starts:
@@ -93,6 +95,22 @@ def greedy_continue(
         )
         out += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
     return out
+
+
+def _warn_if_eos_differs(model, tokenizer) -> None:
+    """``generate`` stops at the model's generation-config EOS, as open-unlearning's does; when
+    that is not the tokenizer's EOS (the one training appends), generations run on past the
+    answer to ``max_new_tokens``, which changes ROUGE and costs time, so say so."""
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    eos = {eos} if isinstance(eos, int) else set(eos or ())
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
+        warnings.warn(
+            f"model: generation stops at EOS {sorted(eos)}, not at the tokenizer's EOS "
+            f"{tokenizer.eos_token_id} ({tokenizer.eos_token!r}); generations will run past the answer "
+            "(set model.generation_config.eos_token_id)",
+            stacklevel=3,
+        )
 
 
 def rouge_scores(generation: str, ground_truth: str) -> dict[str, float]:
