@@ -19,7 +19,8 @@ take about 5 hours for the target's finetune alone):
   probability kept; else the most forgetting).
 - **Evaluation.** OU's TOFU evaluation (``unlearnx.eval.tofu.evaluate_tofu``): forget quality
   against the retain model's logs, model utility (retain, real authors, world facts), privleak
-  against ``holdout01``, forget ROUGE, truth ratio, extraction strength.
+  against ``holdout01``, forget ROUGE, truth ratio, extraction strength; and, the bench's own,
+  ``retain_utility`` (:data:`RETAIN_UTILITY`), which the trade-off plot uses.
 
 Resumable: the tokenizer, models and each evaluation are kept under ``--work`` (default
 ``$UNLEARNX_CACHE/tofu-efficacy``) and reused; ``--fresh`` starts over. The results (JSON, a
@@ -70,9 +71,13 @@ TRAIN = {
     "logging_steps": 20,
 }
 LR_GRID = (1e-4, 3e-4, 1e-3)
+RETAIN_UTILITY = tofu.UTILITY_METRICS[:3]
+"""Model utility's retain-split scores: at this scale the only part of it the models can earn
+(they know no real author or world fact, so OU's harmonic mean of nine is about 0 for all)."""
 COLUMNS = (
     "forget_quality",
     "model_utility",
+    "retain_utility",
     "forget_Q_A_ROUGE",
     "forget_Q_A_Prob",
     "forget_truth_ratio",
@@ -164,7 +169,14 @@ class Stages:
             )
             tofu.write_logs(folder, summary, logs)
             self.log(f"evaluated {name} in {time.perf_counter() - t0:.0f} s")
-        return json.loads(summary_path.read_text()), tofu.read_retain_logs(folder / "TOFU_EVAL.json")
+        logs = json.loads((folder / "TOFU_EVAL.json").read_text())
+        retain = {k: logs[k]["agg_value"] for k in RETAIN_UTILITY}
+        summary = {
+            **json.loads(summary_path.read_text()),
+            **retain,
+            "retain_utility": tofu.model_utility(retain, RETAIN_UTILITY),
+        }
+        return summary, tofu.reference_values(logs)
 
     def unlearned(self, target, method: str, forget: range, lr: float, tag: str):
         """``(model, result)``: ``method`` at ``lr`` from a copy of ``target`` on ``forget``."""
@@ -223,8 +235,15 @@ def markdown(results: dict) -> str:
     rows = {"target": results["target"], "retain model": results["retain_model"]}
     rows.update({m: e["summary"] for m, e in results["methods"].items()})
     head = report.comparison_table(rows, COLUMNS)
+    retain = report.comparison_table(rows, (*RETAIN_UTILITY, "retain_utility"))
     lrs = ", ".join(f"{m} {e['learning_rate']:g}" for m, e in results["methods"].items())
-    return head + f"\nLearning rates (chosen on rows {TUNE_ROWS.start}-{TUNE_ROWS.stop - 1}): {lrs}\n"
+    return (
+        head
+        + f"\nLearning rates (chosen on rows {TUNE_ROWS.start}-{TUNE_ROWS.stop - 1}): {lrs}\n"
+        + "\n`retain_utility` (this bench's, not OU's): the harmonic mean of model utility's three"
+        + " retain-split scores:\n\n"
+        + retain
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,14 +310,14 @@ def main(argv: list[str] | None = None) -> int:
         tuning = st.tune(target, method)
         lr = tuning["chosen"]
         folder = work / "eval" / method
-        if (folder / "TOFU_SUMMARY.json").is_file():
-            summary = json.loads((folder / "TOFU_SUMMARY.json").read_text())
-            meta = json.loads((folder / "run.json").read_text())
-        else:
+        if not ((folder / "TOFU_SUMMARY.json").is_file() and (folder / "run.json").is_file()):
             model, result = st.unlearned(target, method, FORGET_ROWS, lr, method)
-            summary, _ = st.evaluate(method, model, retain_logs)
+            (folder / "TOFU_SUMMARY.json").unlink(missing_ok=True)
+            st.evaluate(method, model, retain_logs)
             meta = {"seconds": result["seconds"], "steps": result["steps"]}
             (folder / "run.json").write_text(json.dumps(meta) + "\n")
+        summary, _ = st.evaluate(method, None, retain_logs)
+        meta = json.loads((folder / "run.json").read_text())
         results["methods"][method] = {"learning_rate": lr, "summary": summary, **meta}
         results["tuning"][method] = tuning
         log(
@@ -309,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "efficacy.md").write_text(markdown(results))
     runs = {"target": target_summary, "retain model": retain_summary}
     runs.update({m: e["summary"] for m, e in results["methods"].items()})
-    report.plot_tradeoff(runs, args.out / "tradeoff.png")
+    report.plot_tradeoff(runs, args.out / "tradeoff.png", utility="retain_utility")
     log(f"wrote {args.out / 'efficacy.md'}")
     print(markdown(results))
     return 0

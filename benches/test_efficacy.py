@@ -4,6 +4,7 @@ real TOFU data (the committed table is the full run; see docs/evaluation.md)."""
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,12 @@ def test_pipeline_end_to_end_at_smoke_size(tmp_path) -> None:
         assert set(efficacy.COLUMNS) <= set(e["summary"])
         assert len(res["tuning"][m]["runs"]) == 2
     assert res["retain_model"]["forget_quality"] is None and res["target"]["forget_quality"] is not None
+    three = [res["target"][k] for k in efficacy.RETAIN_UTILITY]
+    assert res["target"]["retain_utility"] == pytest.approx(statistics.harmonic_mean(three))
+    # generation stops at the EOS that training appends (LlamaConfig's default EOS is <s> here)
+    saved = json.loads((tmp_path / "work" / "target" / "generation_config.json").read_text())
+    tokenizer = json.loads((tmp_path / "work" / "tokenizer" / "tokenizer.json").read_text())
+    assert saved["eos_token_id"] == next(t["id"] for t in tokenizer["added_tokens"] if t["content"] == "</s>")
     assert "| npo |" in (tmp_path / "out" / "efficacy.md").read_text()
     assert (tmp_path / "out" / "tradeoff.png").stat().st_size > 1000
     # resumable: a second run reuses every stage (no training: the models' files are unchanged)

@@ -70,6 +70,8 @@ def test_model_utility_is_the_harmonic_mean_of_nine() -> None:
     assert tofu.model_utility({**scores, "retain_Q_A_ROUGE": 0.0}) == 0.0
     with pytest.raises(KeyError, match="wf_Truth_Ratio"):
         tofu.model_utility({k: v for k, v in scores.items() if k != "wf_Truth_Ratio"})
+    three = tofu.UTILITY_METRICS[:3]
+    assert tofu.model_utility(scores, three) == pytest.approx(statistics.harmonic_mean([0.1, 0.2, 0.3]))
 
 
 def test_retain_logs_are_read_from_ou_format(tmp_path: Path) -> None:

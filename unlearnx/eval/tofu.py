@@ -143,16 +143,15 @@ def forget_quality(unlearned_truth_ratios, retain_truth_ratios) -> float:
     return float(ks_2samp(a, b).pvalue)
 
 
-def model_utility(scores: Mapping[str, float]) -> float:
-    """Harmonic mean of the nine :data:`UTILITY_METRICS` values (0 if any is 0)."""
-    missing = [k for k in UTILITY_METRICS if k not in scores]
+def model_utility(scores: Mapping[str, float], keys: Sequence[str] = UTILITY_METRICS) -> float:
+    """Harmonic mean of the ``keys`` values of ``scores`` (0 if any is 0): by default the nine
+    :data:`UTILITY_METRICS`, TOFU's model utility."""
+    missing = [k for k in keys if k not in scores]
     if missing:
         raise KeyError(f"scores: missing {missing}")
-    values = [float(scores[k]) for k in UTILITY_METRICS]
+    values = [float(scores[k]) for k in keys]
     if any(v < 0 or math.isnan(v) for v in values):
-        raise ValueError(
-            f"scores: expected non-negative numbers, got {dict(zip(UTILITY_METRICS, values, strict=True))}"
-        )
+        raise ValueError(f"scores: expected non-negative numbers, got {dict(zip(keys, values, strict=True))}")
     if any(v == 0 for v in values):
         return 0.0
     return len(values) / sum(1 / v for v in values)
