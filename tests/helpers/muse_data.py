@@ -109,7 +109,7 @@ def tokenizer_and_model(seed: int = 0):
     ids = [tok.convert_tokens_to_ids(w) for w in CHAIN]
     assert ids == list(range(len(SPECIAL), len(SPECIAL) + len(CHAIN))), "tokenizer order changed"
     vocab, hidden = len(tok), 64
-    model = tiny_llama(vocab, hidden=hidden, heads=2, seed=seed, max_positions=512).eval()
+    model = tiny_llama(vocab, hidden=hidden, heads=2, seed=seed, max_positions=512, tokenizer=tok).eval()
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()
