@@ -37,6 +37,28 @@ def test_bench_runs_and_fused_tracks_reference(capsys) -> None:
     assert fused["ms_per_step"] > 0 and ref["peak_extra_mb"] > 0
 
 
+def test_peak_extra_mb_counts_memory_freed_before_it_and_leaves_glibc_as_it_was() -> None:
+    """A block freed before the measurement is not silently reused (the heap is trimmed and
+    allocations mmap'd while measuring), measurement after measurement; and afterwards glibc's
+    mmap threshold is no longer 64 KiB (a 1 MiB buffer freed and taken again is not faulted in again)."""
+    import resource
+
+    import torch
+
+    from unlearnx.profiling import peak_extra_mb
+
+    cpu = torch.device("cpu")
+    assert 60 < peak_extra_mb(lambda: torch.ones(16 * 2**20).sum(), cpu) < 80
+    for _ in range(2):
+        freed = torch.ones(2**19)  # 2 MiB
+        del freed
+        assert 1.5 < peak_extra_mb(lambda: torch.ones(2**19).sum(), cpu) < 4
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(100):
+        torch.ones(2**18)  # 1 MiB, freed at once: mmap'd, that would be 256 page faults each
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 100 * 256 // 4
+
+
 def test_bench_table_output(capsys) -> None:
     assert (
         main(["bench", "--steps", "2", "--batch", "1", "--seq-len", "16", "--hidden", "64", "--vocab", "500"])

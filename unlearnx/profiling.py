@@ -8,8 +8,8 @@ Peak extra memory is measured from a baseline taken before the measured call:
   baseline, so memory freed earlier cannot be silently reused (that would hide allocations
   from the count). Afterwards glibc gets back thresholds like the ones it adapts to by itself
   (mmap from 32 MiB, trim above 64 MiB): left at 64 KiB, every later allocation would be
-  page-faulted afresh: the real-model demo's NPO run took 57-62 s instead of 43 s, its
-  measuring 23-36 s instead of 19-23 s.
+  page-faulted afresh: in the real-model demo, runs with a retain term took 52-59 s instead of
+  43-51 s, and measuring each model 23-36 s instead of 16-22 s.
 """
 
 from __future__ import annotations
