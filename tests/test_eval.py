@@ -120,7 +120,6 @@ def _direct_avg_loss(model, tok, question: str, answer: str) -> float:
     return -float(logp[on].gather(1, labels[1:][on][:, None]).sum()) / int((labels != -100).sum())
 
 
-@needs_data
 def _eos_only_head(model, eos: int):
     """A head whose greedy choice is always ``eos``."""
     head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
@@ -155,6 +154,7 @@ def test_generation_stops_at_the_tokenizers_eos(lm) -> None:
         tiny_llama(len(tok) - 1, tokenizer=tok)
 
 
+@needs_data
 def test_avg_losses_match_materialised_logits(lm) -> None:
     model, tok = lm
     rows = load_split(DATA, "forget01_perturbed")[:5]
