@@ -92,15 +92,25 @@ class Head:
         self.gx = torch.zeros(n_input, weight.shape[1], dtype=weight.dtype, device=dev) if need_x else None
         self.gw: Tensor | None = None
         self.gb: Tensor | None = None
+        self._logits_buf: Tensor | None = None
 
     @property
     def wants_grad(self) -> bool:
         return self.gx is not None or self.need_w or self.need_b
 
     def logits(self, x: Tensor) -> Tensor:
+        """``[C, V]`` logits of a chunk, written into one buffer reused by every chunk of
+        the call: a fresh ``[C, V]`` allocation is above glibc's mmap threshold, so each
+        chunk would page-fault its logits in afresh (about 28 ms per 64 MiB on the 2-core
+        development VM). The previous chunk's logits are dead by then."""
+        rows = x.shape[0]
+        buf = self._logits_buf
+        if buf is None or buf.shape[0] < rows:
+            buf = self._logits_buf = x.new_empty(rows, self.weight.shape[0])
+        out = buf[:rows]
         if self.bias is None:
-            return x @ self.weight.t()
-        return torch.addmm(self.bias, x, self.weight.t())
+            return torch.mm(x, self.weight.t(), out=out)
+        return torch.addmm(self.bias, x, self.weight.t(), out=out)
 
     def backprop(self, dz: Tensor, x: Tensor, rows: Tensor, dx: Tensor | None = None) -> None:
         """Accumulates the gradients of a chunk from ``dz = dL/dZ``; ``dx``: ``dz @ W`` when

@@ -224,6 +224,9 @@ token_values.register_autograd(_token_values_grad, setup_context=_token_values_s
 
 
 def _prescaled_setup(ctx, inputs, output) -> None:
+    # the gradient outputs get no gradient: unmaterialised, autograd would zero-fill a
+    # V x D tensor for grad_weight on every backward
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(*output[1:])
     ctx.n_inputs = len(inputs)
 
