@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
 
 import unlearnx
+from unlearnx import demo
 from unlearnx.cli import main
+from unlearnx.data import synthetic
+from unlearnx.data.tokenizer import build_word_tokenizer
+from unlearnx.eval import tofu
+from unlearnx.models import tiny_llama
+from unlearnx.train.api import CONSTANT_SCHEDULE, UnlearnConfig, unlearn
 
 
 def test_bench_runs_and_fused_tracks_reference(capsys) -> None:
@@ -89,12 +96,36 @@ def test_bad_arguments_are_rejected(argv, needle, capsys) -> None:
     [
         (["demo", "--quick", "--model", "/some/model"], "--model: the --quick demo trains its own"),
         (["demo", "--model", "/nonexistent"], "--model: /nonexistent is not a Hugging Face model"),
+        (["demo", "--quick", "--stop-ratio", "1.5"], "--stop-ratio: expected a share in [0, 1), got 1.5"),
+        (["demo", "--stop-ratio", "0.3"], "--stop-ratio: only the --quick demo stops early"),
     ],
 )
 def test_demo_model_errors_come_before_any_work(argv, needle, tmp_path, capsys) -> None:
     assert main([*argv, "--out", str(tmp_path / "out")]) == 2
     assert needle in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("threshold,epochs", [(1.0, 1), (0.0, 3)])
+def test_quick_demo_stops_at_the_first_epoch_whose_forget_prob_is_low_enough(
+    threshold: float, epochs: int, tmp_path
+) -> None:
+    # threshold 1 is met by any probability: one epoch; 0 by none: the whole cap of 3
+    data = synthetic.split(4, 1, 2, 0)
+    texts = [r[k] for rows in data.values() for r in rows for k in ("question", "answer")]
+    tok = build_word_tokenizer(texts)
+    model = tiny_llama(len(tok), hidden=32, layers=1, heads=2, max_positions=64, seed=0, tokenizer=tok)
+    pairs = [(r["question"], r["answer"]) for r in data["forget"]]
+    config = UnlearnConfig(**CONSTANT_SCHEDULE, method="ga", learning_rate=1e-3, epochs=3, batch_size=2)
+    stop = demo.StopWhenForgotten(model, tok, data["forget"], threshold)
+    result = unlearn(model, tok, pairs, None, config, tmp_path, callbacks=[stop])
+    assert result["epochs"] == epochs
+    assert result["steps"] == epochs * math.ceil(len(pairs) / 2)
+    assert model.training  # the check evaluates in eval mode and puts the model back
+    # the check's probability is the one evaluate_split reports
+    probs = tofu.answer_probs(model, tok, data["forget"])
+    split = tofu.evaluate_split(model, tok, data["forget"], "answer", max_new_tokens=2)
+    assert probs.tolist() == pytest.approx([e["prob"] for e in split], rel=1e-12)
 
 
 def test_info_reports_the_build(capsys) -> None:

@@ -64,6 +64,13 @@ def parser() -> argparse.ArgumentParser:
         "--methods", nargs="+", default=None, choices=sorted(METHODS), help="methods (default: all)"
     )
     full.add_argument("--seed", type=int, default=0)
+    full.add_argument(
+        "--stop-ratio",
+        type=float,
+        default=None,
+        help="--quick: each method stops at the end of the first epoch whose forget_prob is at most "
+        "this share of the target's (default 0.35; 0 runs every epoch of the method's cap)",
+    )
     bench = sub.add_parser(
         "bench", help="NPO steps on a tiny random Llama: fused vs reference time and memory"
     )
@@ -329,24 +336,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    methods = {"methods": tuple(args.methods)} if args.methods else {}
+    options = {"methods": tuple(args.methods)} if args.methods else {}
     if args.quick:
         from unlearnx import demo
 
         if args.model != "smollm2":
             return _fail("--model: the --quick demo trains its own tiny model")
-        rep = demo.run(demo.DemoConfig(out=args.out, seed=args.seed, **methods))
+        if args.stop_ratio is not None:
+            if not 0 <= args.stop_ratio < 1:
+                return _fail(f"--stop-ratio: expected a share in [0, 1), got {args.stop_ratio}")
+            options["stop_ratio"] = args.stop_ratio
+        rep = demo.run(demo.DemoConfig(out=args.out, seed=args.seed, **options))
         print(demo.table(rep))
         bar = "forget_prob halved, utility >= 80% of target"
     else:
         from unlearnx import real_demo
 
+        if args.stop_ratio is not None:
+            return _fail("--stop-ratio: only the --quick demo stops early; the real demo runs fixed epochs")
         try:
             check_model("--model", args.model)
         except ValueError as err:
             return _fail(str(err))
         rep = real_demo.run(
-            real_demo.RealDemoConfig(out=args.out, model=args.model, seed=args.seed, **methods)
+            real_demo.RealDemoConfig(out=args.out, model=args.model, seed=args.seed, **options)
         )
         print(real_demo.table(rep))
         print(real_demo.answers(rep, shown=2))

@@ -514,6 +514,14 @@ def write_logs(out_dir: str | Path, summary: Mapping, logs: Mapping) -> tuple[Pa
 # and truth ratio per example, without the file layout of the TOFU release.
 
 
+def answer_probs(model, tokenizer, rows: list[dict], *, batch_size: int = 8) -> Tensor:
+    """``(n,)`` float64 TOFU ``prob`` of each row's ``answer`` given its ``question``
+    (``exp(-avg_loss)``), with no generation: what :func:`evaluate_split` reports as ``prob``."""
+    source = {"rows": ("rows", "question", lambda: rows)}
+    run = _Run(model, tokenizer, source, template_for(tokenizer), batch_size, max_new_tokens=0)
+    return torch.exp(-run.losses("rows", "answer"))
+
+
 def evaluate_split(
     model, tokenizer, rows: list[dict], kind: str, *, batch_size: int = 8, max_new_tokens: int = 200
 ) -> list[dict]:
@@ -535,7 +543,7 @@ def evaluate_split(
         max_new_tokens,
     )
     answer = run.losses("rows", "answer")
-    prob = torch.exp(-answer)
+    prob = torch.exp(-answer)  # answer_probs, sharing the run's encoded answers
     out = [
         {
             "question": r["question"],

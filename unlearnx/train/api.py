@@ -94,7 +94,7 @@ def unlearn(
     ``out_dir/checkpoints`` (``resume=True`` continues from the latest). ``save_to``: a folder
     for the final model and tokenizer, written by the main process alone, atomically; under
     FSDP or ZeRO-3 the full weights are gathered first (the in-memory ``model`` stays sharded).
-    Returns ``{"cache_bytes", "reference_model_bytes", "steps", "lambda", "report"}``: the
+    Returns ``{"cache_bytes", "reference_model_bytes", "steps", "epochs", "lambda", "report"}``: the
     reference cache's size against what keeping a frozen copy of the model would hold, and what
     was forgotten and kept (:func:`answer_report` of the forget and retain sets before and after).
     ``reference_model``: the model the reference cache is built from (default ``model`` itself,
@@ -319,6 +319,7 @@ def _run(
         "cache_bytes": cache_bytes,
         "reference_model_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
         "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
         "lambda": None if trainer.dual is None else trainer.dual.lam,
         "report": summary,
         "optimiser": {"optim": optim, "bf16": bf16, "why": why, "warmup_steps": args.warmup_steps},
