@@ -16,7 +16,7 @@ import torch
 from unlearnx import functional as F
 from unlearnx import reference as R
 from unlearnx.models import tiny_llama
-from unlearnx.profiling import median_ms, peak_extra_mb
+from unlearnx.profiling import interleaved_median_ms, median_ms, peak_extra_mb
 
 __all__ = [
     "BASELINES",
@@ -27,6 +27,7 @@ __all__ = [
     "Inputs",
     "forward",
     "gemm_floor",
+    "interleaved_median_ms",
     "median_ms",
     "model_inputs",
     "peak_extra_mb",

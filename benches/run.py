@@ -24,6 +24,7 @@ import json
 import platform
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ from benches.common import (
     LOSSES,
     forward,
     gemm_floor,
+    interleaved_median_ms,
     median_ms,
     model_inputs,
     peak_extra_mb,
@@ -63,23 +65,48 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def measure(loss: str, impl: str, inp, device: torch.device, repeats: int, chunk_size: int | None) -> dict:
+@dataclass
+class Prepared:
+    """An implementation warmed up and measured for memory, ready to be timed."""
+
+    total: Callable[[], None]  # forward + backward
+    forward_only: Callable[[], None]
+    peak_extra_mb: float
+
+
+def prepare(loss: str, impl: str, inp, device: torch.device, chunk_size: int | None) -> Prepared:
     fwd = forward(loss, impl, inp, chunk_size)
 
     def total() -> None:
         fwd().backward()
-
-    total()  # warm-up (compilation, allocator priming)
-    mem = peak_extra_mb(total, device)
-    ms = median_ms(total, device, repeats, warmup=0)
 
     def forward_only() -> None:
         out = fwd()
         out.detach()  # keeps the graph alive until here, as in training
         del out
 
-    fwd_ms = median_ms(forward_only, device, repeats, warmup=0)
-    return {"ms": ms, "fwd_ms": fwd_ms, "bwd_ms": max(ms - fwd_ms, 0.0), "peak_extra_mb": mem}
+    total()  # warm-up (compilation, allocator priming)
+    return Prepared(total, forward_only, peak_extra_mb(total, device))
+
+
+def measure(prepared: dict[str, Prepared], device: torch.device, repeats: int) -> dict[str, dict]:
+    """``{impl: {ms, fwd_ms, bwd_ms, peak_extra_mb}}``, every implementation's total and
+    forward timed in the same rounds (``interleaved_median_ms``), so that their ratios hold on
+    a machine whose speed drifts during the run."""
+    fns = {}
+    for impl, p in prepared.items():
+        fns[(impl, "ms")] = p.total
+        fns[(impl, "fwd_ms")] = p.forward_only
+    ms = interleaved_median_ms(fns, device, repeats)
+    return {
+        impl: {
+            "ms": ms[(impl, "ms")],
+            "fwd_ms": ms[(impl, "fwd_ms")],
+            "bwd_ms": max(ms[(impl, "ms")] - ms[(impl, "fwd_ms")], 0.0),
+            "peak_extra_mb": p.peak_extra_mb,
+        }
+        for impl, p in prepared.items()
+    }
 
 
 INPUTS = {"model": model_inputs, "random": random_inputs}
@@ -98,52 +125,54 @@ def run(
         n = int((inp.t != -100).sum())
         floor6 = median_ms(gemm_floor(n, args.D, args.V, DTYPES[args.dtype], device), device, args.repeats)
         for loss in args.losses:
+            base = dict(
+                loss=loss,
+                device=args.device,
+                machine=machine(device),
+                # the unlearnx row-kernel level and ATen's own (ATEN_CPU_CAPABILITY) that ran
+                cpu_isa=unlearnx.cpu_isa(),
+                aten_cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                dtype=args.dtype,
+                B=args.B,
+                T=T,
+                N=n,
+                D=args.D,
+                V=args.V,
+            )
+            prepared = {}
             for impl in args.impls:
                 reason = unavailable(loss, impl, device)
                 if reason is not None:
                     print(f"skipping {impl} for {loss}: {reason}", file=sys.stderr, flush=True)
                     continue
-                base = dict(
-                    loss=loss,
-                    impl=impl,
-                    device=args.device,
-                    machine=machine(device),
-                    # the unlearnx row-kernel level and ATen's own (ATEN_CPU_CAPABILITY) that ran
-                    cpu_isa=unlearnx.cpu_isa(),
-                    aten_cpu_capability=torch.backends.cpu.get_cpu_capability(),
-                    dtype=args.dtype,
-                    B=args.B,
-                    T=T,
-                    N=n,
-                    D=args.D,
-                    V=args.V,
-                )
                 try:
-                    m = measure(loss, impl, inp, device, args.repeats, args.chunk_size)
+                    prepared[impl] = prepare(loss, impl, inp, device, args.chunk_size)
                 except torch.OutOfMemoryError:
                     # the reference at long contexts is the point of the comparison: record it
-                    records.append({**base, "oom": True})
+                    records.append({**base, "impl": impl, "oom": True})
                     print(json.dumps(records[-1]), flush=True)
                     on_record(records)
                     torch.cuda.empty_cache()
-                    continue
+            for impl, m in measure(prepared, device, args.repeats).items():
                 factor = (FUSED_FLOP_FACTOR if impl == "fused" else FLOP_FACTOR)[loss]
                 flops = factor * n * args.D * args.V
                 floor = floor6 * FLOP_FACTOR[loss] / 6
                 rec = dict(
                     **base,
+                    impl=impl,
                     **{k: round(v, 2) for k, v in m.items()},
                     floor_ms=round(floor, 2),
                     floor_ratio=round(m["ms"] / floor, 3),
                     tflops=round(flops / m["ms"] / 1e9, 4),
                     flop_accounting=f"{factor}*N*D*V",
+                    timing=f"median of {args.repeats} interleaved rounds",
                     chunk_size=args.chunk_size if impl == "fused" else None,
                     torch=torch.__version__,
                     unlearnx=unlearnx.__version__,
                 )
                 records.append(rec)
                 print(json.dumps(rec), flush=True)
-                on_record(records)
+            on_record(records)
     return records
 
 

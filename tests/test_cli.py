@@ -7,6 +7,7 @@ import math
 import os
 
 import pytest
+import torch
 
 import unlearnx
 from unlearnx import demo
@@ -42,6 +43,17 @@ def test_bench_runs_and_fused_tracks_reference(capsys) -> None:
     assert fused["losses"][-1] < fused["losses"][0]
     assert fused["losses"] == pytest.approx(ref["losses"], rel=1e-4)
     assert fused["ms_per_step"] > 0 and ref["peak_extra_mb"] > 0
+
+
+def test_interleaved_timing_calls_each_function_once_per_round_in_turn() -> None:
+    from unlearnx.profiling import interleaved_median_ms
+
+    calls = []
+    ms = interleaved_median_ms(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"), 3
+    )
+    assert calls == ["a", "b"] * 3
+    assert set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
 
 
 def test_peak_extra_mb_counts_memory_freed_before_it_and_leaves_glibc_as_it_was() -> None:

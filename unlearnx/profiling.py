@@ -18,7 +18,7 @@ import ctypes
 import gc
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -73,17 +73,31 @@ def peak_extra_mb(fn: Callable[[], object], device: torch.device) -> float:
         _restore_heap()
 
 
+def _once_ms(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - t0) * 1e3
+
+
 def median_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
     """Median wall time of ``fn`` in milliseconds (device-synchronised on CUDA)."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return statistics.median(_once_ms(fn, device) for _ in range(repeats))
+
+
+def interleaved_median_ms(
+    fns: Mapping[str, Callable[[], object]], device: torch.device, rounds: int
+) -> dict[str, float]:
+    """Median wall time in milliseconds of each of ``fns``, timed in ``rounds`` rounds that
+    call each once in turn: on a shared machine whose speed drifts, the drift then hits every
+    function alike instead of whichever was timed during a slow spell. No warm-up."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(_once_ms(fn, device))
+    return {name: statistics.median(t) for name, t in times.items()}
