@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The CPU ISA checks (issue #10) on a host whose CPU has AVX-512, such as a lent GPU host (Python
+# with torch preinstalled, no package index, at most 10 minutes per command, 16 cores):
+#   bash benches/isa_suite.sh OUT
+# Builds as benches/gpu_suite.sh does (CUDA for the local GPU if there is one), then runs four
+# jobs at once on disjoint cores, each with 2 threads, so that every timing is a 2-core one as on
+# the development machine:
+#   cores 0-1    benches.run: NLL fused / compiled / cut-cross-entropy at N = 512, 2048, 8192
+#                (B=4, D=512, V=32000, fp32) at the best level           -> cpu-nll-best.json
+#   cores 2-3    the same with everything held to AVX2 (below)           -> cpu-nll-avx2held.json
+#   cores 4-9    the quick demo, seeds 0-2 at once, held to AVX2, then the same at the best
+#                level                                                   -> demos.log
+#   cores 10-15  the kernel, loss and ISA tests on every level the CPU runs (and CUDA where
+#                built), under pytest-xdist                              -> tests.log
+# "Held to AVX2" is how this machine reproduces an AVX2-only one: UNLEARNX_CPU_ISA=avx2 for the
+# row kernels, ATEN_CPU_CAPABILITY=avx2 for ATen, MKL_ENABLE_INSTRUCTIONS=AVX2 and
+# ONEDNN_MAX_CPU_ISA=AVX2 for the GEMM libraries. The two benchmarks share the memory bus with
+# the other jobs, so compare ratios within one file, not milliseconds across files.
+# Packages the host lacks (rouge_score, nltk, cut-cross-entropy) come as wheels in .whl/ (see
+# benches/gpu_suite.sh). Every job stops at SUITE_SECONDS (default 480) after the start.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${1:?usage: isa_suite.sh OUT}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+PY="${PYTHON:-python3}"
+START=$(date +%s)
+LOG="$OUT/suite.log"
+left() {  # seconds to the deadline, at least 1 (timeout 0 would mean none)
+  local s=$((START + ${SUITE_SECONDS:-480} - $(date +%s)))
+  echo $((s > 0 ? s : 1))
+}
+
+{
+  date -u
+  grep -m1 "model name" /proc/cpuinfo
+  echo "avx512f: $(grep -c avx512f /proc/cpuinfo) of $(nproc) logical CPUs"
+} >> "$LOG"
+# gpu_suite's build: the PATH's gcc, CUDA for the local GPU; it installs .whl/ for itself only
+bash benches/gpu_suite.sh "$OUT" build || exit 1
+if compgen -G ".whl/*.whl" > /dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/unlearnx-site .whl/*.whl >> "$LOG" 2>&1
+  export PYTHONPATH="$PWD:/tmp/unlearnx-site"
+fi
+export OMP_NUM_THREADS=2 TQDM_DISABLE=1 PYTHONUNBUFFERED=1
+AVX2=(env UNLEARNX_CPU_ISA=avx2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2)
+
+bench() {  # cores name [env...]
+  local cores=$1 name=$2
+  shift 2
+  timeout "$(left)" "$@" taskset -c "$cores" "$PY" -m benches.run --device cpu --losses nll \
+    --impls fused compiled cce --B 4 --T 128 512 2048 --D 512 --V 32000 --repeats 3 \
+    --formats json --name "$name" --out-dir "$OUT" >> "$OUT/$name.log" 2>&1
+  echo "bench $name: rc $?, $(grep -c '"loss"' "$OUT/$name.json" 2> /dev/null || echo 0) records" >> "$LOG"
+}
+
+demos() {  # label [env...]: seeds 0-2 at once on cores 4-9
+  local label=$1 seed pids=()
+  shift
+  for seed in 0 1 2; do
+    timeout "$(left)" "$@" taskset -c $((4 + 2 * seed)),$((5 + 2 * seed)) "$PY" -m unlearnx.cli demo \
+      --quick --seed "$seed" --out "/tmp/demo-$label-$seed" > "/tmp/demo-$label-$seed.log" 2>&1 &
+    pids+=($!)
+  done
+  for seed in 0 1 2; do
+    wait "${pids[$seed]}"
+    {
+      echo "== demo --quick --seed $seed, $label: rc $?"
+      grep -v -e "it/s]" -e "s/it]" "/tmp/demo-$label-$seed.log" | tail -n 14
+    } >> "$OUT/demos.log"
+  done
+}
+
+bench 0,1 cpu-nll-best &
+bench 2,3 cpu-nll-avx2held "${AVX2[@]}" &
+(demos avx2held "${AVX2[@]}" && demos best env) &
+# 3 workers of 2 threads on 6 cores; under pytest-xdist a test that crashes its process fails alone
+workers=()
+"$PY" -c "import xdist" 2> /dev/null && workers=(-n 3)
+timeout "$(left)" taskset -c 10-15 "$PY" -m pytest -q -rs -p no:cacheprovider "${workers[@]}" tests/test_kernels.py \
+  tests/test_functional.py tests/test_cpu_isa.py tests/test_toolchain.py > "$OUT/tests.log" 2>&1
+echo "tests: rc $?, $(tail -n 1 "$OUT/tests.log")" >> "$LOG"
+wait
+echo "done in $(($(date +%s) - START)) s; files: $(ls "$OUT" | tr '\n' ' ')" >> "$LOG"
+cat "$LOG"
