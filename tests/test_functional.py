@@ -167,6 +167,25 @@ def test_low_precision_error_no_worse_than_reference(case, dtype, shape, peaked)
         assert err_f <= err_r + margin, f"{case.name} {name}: fused {err_f:.3g} reference {err_r:.3g}"
 
 
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA_ONLY)])
+def test_autocast_runs_the_head_in_its_dtype(case: Case, device: str) -> None:
+    # under torch.autocast the loss is the loss of the head cast to bf16 (as F.linear would
+    # take it), and fp32 leaves get those gradients in fp32; autocast inside the ops once
+    # turned their GEMMs to bf16 against fp32 buffers (an error in a GPU trainer's bf16 mixed
+    # precision). Bit for bit on the CPU; CUDA's atomic scatter-adds vary in the last bits.
+    p = make_problem(B=2, T=9, D=16, V=97, seed=2, device=device)
+    leaves = p.leaves(torch.float32)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        auto = _loss_and_grads(case, case.fused, p, leaves, chunk_size=5)
+    cast = _loss_and_grads(case, case.fused, p, p.leaves(torch.bfloat16), chunk_size=5)
+    for name, a, c in zip(("value", "d_input", "d_weight", "d_bias"), auto, cast, strict=True):
+        if name != "value":
+            assert a.dtype == torch.float32, name
+        tol = {"rtol": 0, "atol": 0} if device == "cpu" else {"rtol": 1e-2, "atol": 1e-4}
+        torch.testing.assert_close(a, c.to(a.dtype), **tol, msg=f"{case.name} {name}")
+
+
 def test_peaked_rows_keep_gradient_in_fp32() -> None:
     """p(target) ~ 1 - 1e-9: the reference's 1 - exp(logp) loses it, the fused path keeps it."""
     V, D = 64, 8

@@ -29,6 +29,13 @@ import unlearnx._C  # registers the C++ operators
 from unlearnx import _chunked
 
 
+def _autocast_off(t: Tensor) -> torch.autocast:
+    """Op bodies run with autocast off: ``unlearnx.functional`` has cast the head to autocast's
+    dtype already, and the chunk loop's GEMMs must keep the dtypes the kernels are given
+    (autocast would turn them to bf16 against fp32 gradient buffers)."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def _acc(t: Tensor) -> torch.dtype:
     return _chunked.acc_dtype(t.dtype)
 
@@ -109,20 +116,21 @@ def token_values(
     ignore_index: int,
     chunk_size: int | None,
 ) -> tuple[Tensor, Tensor]:
-    p = _chunked.build(
-        input,
-        weight,
-        bias,
-        target,
-        ref_input,
-        ref_weight,
-        ref_bias,
-        family,
-        family_params,
-        ignore_index,
-        (False, False, False),
-    )
-    return _chunked.token_values(p, chunk_size)
+    with _autocast_off(input):
+        p = _chunked.build(
+            input,
+            weight,
+            bias,
+            target,
+            ref_input,
+            ref_weight,
+            ref_bias,
+            family,
+            family_params,
+            ignore_index,
+            (False, False, False),
+        )
+        return _chunked.token_values(p, chunk_size)
 
 
 @token_values.register_fake
@@ -160,20 +168,21 @@ def token_values_backward(
     chunk_size: int | None,
     needs: list[bool],
 ) -> tuple[Tensor, Tensor, Tensor]:
-    p = _chunked.build(
-        input,
-        weight,
-        bias,
-        target,
-        ref_input,
-        ref_weight,
-        ref_bias,
-        family,
-        family_params,
-        ignore_index,
-        needs,
-    )
-    gx, gw, gb = _chunked.token_values_backward(p, grad, stats, chunk_size)
+    with _autocast_off(input):
+        p = _chunked.build(
+            input,
+            weight,
+            bias,
+            target,
+            ref_input,
+            ref_weight,
+            ref_bias,
+            family,
+            family_params,
+            ignore_index,
+            needs,
+        )
+        gx, gw, gb = _chunked.token_values_backward(p, grad, stats, chunk_size)
     return (
         _or_empty(None if gx is None else gx.view(input.shape), input),
         _or_empty(gw, input),
@@ -274,20 +283,22 @@ def sequence_loss(
     needs: list[bool],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     obj = _chunked.OBJECTIVES[objective]
-    p = _chunked.build(
-        input,
-        weight,
-        bias,
-        target,
-        ref_input,
-        ref_weight,
-        ref_bias,
-        obj.family,
-        obj.family_params(hparams),
-        ignore_index,
-        needs,
-    )
-    return _loss_outputs(input, _chunked.sequence_loss(p, params, objective, hparams, reduction, chunk_size))
+    with _autocast_off(input):
+        p = _chunked.build(
+            input,
+            weight,
+            bias,
+            target,
+            ref_input,
+            ref_weight,
+            ref_bias,
+            obj.family,
+            obj.family_params(hparams),
+            ignore_index,
+            needs,
+        )
+        result = _chunked.sequence_loss(p, params, objective, hparams, reduction, chunk_size)
+    return _loss_outputs(input, result)
 
 
 @sequence_loss.register_fake
@@ -329,10 +340,12 @@ def dto_loss(
     chunk_size: int | None,
     needs: list[bool],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    p = _chunked.build(
-        input, weight, bias, target, ref_input, ref_weight, ref_bias, "kl", [], ignore_index, needs
-    )
-    return _loss_outputs(input, _chunked.dto_loss(p, target_mask, beta, kl_weight, chunk_size))
+    with _autocast_off(input):
+        p = _chunked.build(
+            input, weight, bias, target, ref_input, ref_weight, ref_bias, "kl", [], ignore_index, needs
+        )
+        result = _chunked.dto_loss(p, target_mask, beta, kl_weight, chunk_size)
+    return _loss_outputs(input, result)
 
 
 @dto_loss.register_fake
@@ -369,20 +382,21 @@ def flatten_margins(
     ignore_index: int,
     chunk_size: int | None,
 ) -> tuple[Tensor, Tensor]:
-    p = _chunked.build(
-        input[None],
-        weight,
-        bias,
-        target[None],
-        None,
-        None,
-        None,
-        "max",
-        [],
-        ignore_index,
-        (False, False, False),
-    )
-    return _chunked.flatten_margins(p, chunk_size)
+    with _autocast_off(input):
+        p = _chunked.build(
+            input[None],
+            weight,
+            bias,
+            target[None],
+            None,
+            None,
+            None,
+            "max",
+            [],
+            ignore_index,
+            (False, False, False),
+        )
+        return _chunked.flatten_margins(p, chunk_size)
 
 
 @flatten_margins.register_fake
@@ -395,7 +409,8 @@ def _flatten_margins_fake(input, weight, bias, target, ignore_index, chunk_size)
 def flatten_margins_backward(
     grad: Tensor, input: Tensor, weight: Tensor, bias: Tensor | None, argmax: Tensor, needs: list[bool]
 ) -> tuple[Tensor, Tensor, Tensor]:
-    grads = _chunked.flatten_backward(grad, input, weight, bias, argmax, needs)
+    with _autocast_off(input):
+        grads = _chunked.flatten_backward(grad, input, weight, bias, argmax, needs)
     return tuple(_or_empty(g, input) for g in grads)
 
 

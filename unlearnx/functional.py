@@ -4,7 +4,9 @@ Common arguments (all losses):
 
 - ``input``: ``(..., T, D)`` final hidden states, fp64/fp32/bf16/fp16. ``input[..., t, :]``
   predicts ``target[..., t]`` (shift before calling).
-- ``weight``: ``(V, D)`` LM-head weight, same dtype and device as ``input``.
+- ``weight``: ``(V, D)`` LM-head weight, same dtype and device as ``input`` (under
+  ``torch.autocast`` the head's tensors are cast to its dtype first, as ``F.linear`` would
+  take them; the statistics and the loss stay fp32).
 - ``target``: ``(..., T)`` int64 token ids in ``[0, V)`` or ``ignore_index``.
 - ``bias``: optional ``(V,)``.
 - ``chunk_size``: rows of logits computed at once; ``None`` sizes chunks from a memory
@@ -38,6 +40,21 @@ from unlearnx._objectives import OBJECTIVES, REDUCTIONS, reduce_sequences
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
 
+def _autocasting(t: Tensor) -> bool:
+    return torch.is_autocast_enabled(t.device.type)
+
+
+def _autocast_head(*tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    """Under ``torch.autocast`` on the tensors' device, the floating ones in its dtype, as the
+    LM head's ``F.linear`` would take them (the cast is differentiable: fp32 master weights get
+    their gradients); unchanged otherwise. The ops then run with autocast off."""
+    first = next(t for t in tensors if t is not None)
+    if not _autocasting(first):
+        return tensors
+    dtype = torch.get_autocast_dtype(first.device.type)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+
+
 def _check_head(input: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None) -> None:
     if not isinstance(input, Tensor) or input.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"input: expected a float64/float32/bfloat16/float16 tensor, got {_describe(input)}")
@@ -45,7 +62,7 @@ def _check_head(input: Tensor, weight: Tensor, target: Tensor, bias: Tensor | No
         raise ValueError(f"input: expected shape (..., T, D), got {tuple(input.shape)}")
     if not isinstance(weight, Tensor) or weight.dim() != 2:
         raise ValueError(f"weight: expected a (V, D) tensor, got {_describe(weight)}")
-    if weight.dtype != input.dtype:
+    if weight.dtype != input.dtype and not _autocasting(input):
         raise TypeError(f"weight: dtype {weight.dtype} differs from input dtype {input.dtype}")
     if weight.device != input.device:
         raise ValueError(f"weight: on {weight.device}, input on {input.device}")
@@ -68,7 +85,7 @@ def _check_head(input: Tensor, weight: Tensor, target: Tensor, bias: Tensor | No
     if bias is not None:
         if not isinstance(bias, Tensor) or bias.shape != weight.shape[:1]:
             raise ValueError(f"bias: expected shape ({weight.shape[0]},), got {_describe(bias)}")
-        if bias.dtype != input.dtype or bias.device != input.device:
+        if (bias.dtype != input.dtype and not _autocasting(input)) or bias.device != input.device:
             raise TypeError(
                 f"bias: expected {input.dtype} on {input.device}, got {bias.dtype} on {bias.device}"
             )
@@ -154,6 +171,9 @@ def _token_values(
     chunk_size: int | None,
 ) -> Tensor:
     """Per-token value of a row family, shape of ``target``, 0 where ignored."""
+    input, weight, bias, ref_input, ref_weight, ref_bias = _autocast_head(
+        input, weight, bias, ref_input, ref_weight, ref_bias
+    )
     dim = input.shape[-1]
     ref = None if ref_input is None else ref_input.detach().reshape(1, -1, ref_input.shape[-1])
     values, _ = _ops.token_values(
@@ -192,6 +212,10 @@ def _sequence_objective(
     """Loss ``f(S_b)`` of ``_objectives.OBJECTIVES[objective]`` over the sequences of ``target``;
     ``ref`` = (ref_input, ref_weight, ref_bias) for objectives on reference-based values."""
     ref_input, ref_weight, ref_bias = ref if ref is not None else (None, None, None)
+    if reduction != "none":  # _token_values casts for itself
+        input, weight, bias, ref_input, ref_weight, ref_bias = _autocast_head(
+            input, weight, bias, ref_input, ref_weight, ref_bias
+        )
     if reduction == "none":
         # Per-sequence losses need per-sequence upstream gradients: go through the
         # token op (two passes) and let autograd do the per-sequence math.
@@ -341,7 +365,8 @@ def _check_ref(
     ref_weight: Tensor,
     ref_bias: Tensor | None,
 ) -> None:
-    if not isinstance(ref_input, Tensor) or ref_input.dtype != input.dtype:
+    same = _autocasting(input) or ref_input.dtype == input.dtype
+    if not isinstance(ref_input, Tensor) or not same:
         raise TypeError(
             f"ref_input: expected a {input.dtype} tensor (the policy's dtype), got {_describe(ref_input)}"
         )
@@ -354,7 +379,7 @@ def _check_ref(
         raise ValueError(f"ref_input: on {ref_input.device}, input on {input.device}")
     if not isinstance(ref_weight, Tensor) or ref_weight.dim() != 2:
         raise ValueError(f"ref_weight: expected a (V, D_ref) tensor, got {_describe(ref_weight)}")
-    if ref_weight.dtype != input.dtype or ref_weight.device != input.device:
+    if (ref_weight.dtype != input.dtype and not _autocasting(input)) or ref_weight.device != input.device:
         raise TypeError(
             f"ref_weight: expected {input.dtype} on {input.device}, got "
             f"{ref_weight.dtype} on {ref_weight.device}"
@@ -367,7 +392,7 @@ def _check_ref(
     if ref_bias is not None and (
         not isinstance(ref_bias, Tensor)
         or ref_bias.shape != weight.shape[:1]
-        or ref_bias.dtype != input.dtype
+        or (ref_bias.dtype != input.dtype and not _autocasting(input))
         or ref_bias.device != input.device
     ):
         raise ValueError(
@@ -397,6 +422,7 @@ def margin_flatten_loss(
     """
     _check_head(input, weight, target, bias)
     _check_options(reduction, chunk_size, ignore_index)
+    input, weight, bias = _autocast_head(input, weight, bias)
     dim = input.shape[-1]
     margin, _ = _ops.flatten_margins(
         input.reshape(-1, dim), weight, bias, target.reshape(-1), ignore_index, chunk_size
@@ -548,6 +574,7 @@ def dto_target_mask(
     if not callable(score) and score not in DTO_SCORES:
         raise ValueError(f"score: expected one of {DTO_SCORES} or a callable, got {score!r}")
     with torch.no_grad():
+        ref_input, ref_weight, ref_bias = _autocast_head(ref_input, ref_weight, ref_bias)
         dim = ref_input.shape[-1]
         _, stats = _ops.token_values(
             ref_input.reshape(1, -1, dim),
@@ -622,6 +649,10 @@ def dto_loss(
             f"target_mask: expected a bool tensor of shape {tuple(target.shape)}, "
             f"got {_describe(target_mask)}"
         )
+    needs = _needs(input, weight, bias)
+    input, weight, bias, ref_input, ref_weight, ref_bias = _autocast_head(
+        input, weight, bias, ref_input, ref_weight, ref_bias
+    )
     seq_len, dim = input.shape[-2:]
     loss, *_ = _ops.dto_loss(
         input.reshape(-1, seq_len, dim),
@@ -636,6 +667,6 @@ def dto_loss(
         float(kl_weight),
         ignore_index,
         chunk_size,
-        _needs(input, weight, bias),
+        needs,
     )
     return loss
