@@ -317,6 +317,7 @@ def _bad_calls():
     yield "delta", TypeError, lambda: F.simnpo_loss(x, w, t, delta="0.1")
     xr, wr = p.xr.float(), p.wr.float()
     yield "ref_input", TypeError, lambda: F.kl_loss(x, w, t, xr.double(), wr)
+    yield "ref_input", TypeError, lambda: F.kl_loss(x, w, t, None, wr)
     yield "ref_input", ValueError, lambda: F.kl_loss(x, w, t, xr[:1], wr)
     yield "ref_weight", ValueError, lambda: F.kl_loss(x, w, t, xr, wr[:5])
     yield "ref_bias", ValueError, lambda: F.kl_loss(x, w, t, xr, wr, ref_bias=torch.zeros(3))

@@ -365,8 +365,7 @@ def _check_ref(
     ref_weight: Tensor,
     ref_bias: Tensor | None,
 ) -> None:
-    same = _autocasting(input) or ref_input.dtype == input.dtype
-    if not isinstance(ref_input, Tensor) or not same:
+    if not isinstance(ref_input, Tensor) or (ref_input.dtype != input.dtype and not _autocasting(input)):
         raise TypeError(
             f"ref_input: expected a {input.dtype} tensor (the policy's dtype), got {_describe(ref_input)}"
         )
