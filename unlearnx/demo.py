@@ -90,7 +90,8 @@ class DemoConfig:
     # of the target's (0: every epoch of the method's cap). Run for a fixed 5 or 10 epochs, a
     # method went on forgetting past the bar and its utility collapsed within an epoch on
     # some seeds (DTO 0.92 -> 0.67 of the target's from epoch 5 to 6 on seed 0); stopped
-    # here, every method kept >= 0.90 on seeds 0-2 (docs/demo.md).
+    # here, every method kept >= 0.88 on seeds 0-2 on both AVX2 CPUs measured, not yet at
+    # avx512 (0.72 on seed 2; docs/demo.md).
     stop_ratio: float = 0.35
 
 
