@@ -212,10 +212,9 @@ def _sequence_objective(
     """Loss ``f(S_b)`` of ``_objectives.OBJECTIVES[objective]`` over the sequences of ``target``;
     ``ref`` = (ref_input, ref_weight, ref_bias) for objectives on reference-based values."""
     ref_input, ref_weight, ref_bias = ref if ref is not None else (None, None, None)
-    if reduction != "none":  # _token_values casts for itself
-        input, weight, bias, ref_input, ref_weight, ref_bias = _autocast_head(
-            input, weight, bias, ref_input, ref_weight, ref_bias
-        )
+    input, weight, bias, ref_input, ref_weight, ref_bias = _autocast_head(
+        input, weight, bias, ref_input, ref_weight, ref_bias
+    )
     if reduction == "none":
         # Per-sequence losses need per-sequence upstream gradients: go through the
         # token op (two passes) and let autograd do the per-sequence math.

@@ -18,7 +18,7 @@ import ctypes
 import gc
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 
 import torch
 
@@ -91,12 +91,12 @@ def median_ms(fn: Callable[[], object], device: torch.device, repeats: int, warm
 
 
 def interleaved_median_ms(
-    fns: Mapping[str, Callable[[], object]], device: torch.device, rounds: int
-) -> dict[str, float]:
+    fns: Mapping[Hashable, Callable[[], object]], device: torch.device, rounds: int
+) -> dict[Hashable, float]:
     """Median wall time in milliseconds of each of ``fns``, timed in ``rounds`` rounds that
     call each once in turn: on a shared machine whose speed drifts, the drift then hits every
     function alike instead of whichever was timed during a slow spell. No warm-up."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times: dict[Hashable, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             times[name].append(_once_ms(fn, device))
