@@ -46,7 +46,7 @@ SCHEDULE = CONSTANT_SCHEDULE
 # keeps 1e-3. PDU's dual starts high like the authors' alpha = 100 and, as tuned before OU's
 # defaults were adopted, flattens the shifted positions without a dual warm-up. DTO targets 70%
 # of the answer tokens, the most confident ones: their gradients are tiny until a target gives
-# way, which took 4-15 epochs while the rest of the model drifted (baseline level, seed 0: 0.78
+# way, which took 3-12 epochs while the rest of the model drifted (baseline level, seed 0: 0.78
 # of the utility kept at retain weight 1, at lr 5e-4), so its retain term weighs 2.
 # The epochs are a cap: DemoConfig.stop_ratio ends each run once the forget set is forgotten.
 DEMO_METHOD_SETTINGS: dict[str, dict] = {
