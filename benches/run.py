@@ -5,6 +5,9 @@ the same run. Implementations that cannot run a loss here are skipped with a mes
 
     python -m benches.run --device cpu --losses npo nll --B 4 --T 256 1024 --D 512 --V 32000
 
+``--chunk-size 524 1048 auto`` times the fused loss at each chunk size (``fused@524``, ...) in
+the same interleaved rounds as the others, to choose chunk shapes on a given CPU.
+
 Writes ``benches/results/<name>.json`` (a list of records ``{loss, impl, device, dtype, N, D,
 V, ms, fwd_ms, bwd_ms, peak_extra_mb, floor_ms, floor_ratio, tflops, ...}``), a Markdown
 table ``<name>.md`` and a plot ``<name>.png`` beside it.
@@ -23,7 +26,7 @@ import argparse
 import json
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,11 +115,40 @@ def measure(prepared: dict[str, Prepared], device: torch.device, repeats: int) -
 INPUTS = {"model": model_inputs, "random": random_inputs}
 
 
+def chunk_size(text: str) -> int | None:
+    """A ``--chunk-size`` value: rows per chunk, or ``auto`` (None: the memory budget's)."""
+    if text == "auto":
+        return None
+    try:
+        rows = int(text)
+    except ValueError:
+        rows = 0
+    if rows < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive row count or 'auto', got {text!r}")
+    return rows
+
+
+def fused_variants(chunk_sizes: Sequence[int | None]) -> dict[str, int | None]:
+    """``{impl name: chunk rows}`` of the fused loss: ``fused`` for one chunk size, and
+    ``fused@<rows>`` / ``fused@auto`` for each of several, so they are timed side by side."""
+    if len(chunk_sizes) == 1:
+        return {"fused": chunk_sizes[0]}
+    names = [f"fused@{'auto' if c is None else c}" for c in chunk_sizes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--chunk-size: repeated value in {names}")
+    return dict(zip(names, chunk_sizes, strict=True))
+
+
+def is_fused(impl: str) -> bool:
+    return impl == "fused" or impl.startswith("fused@")
+
+
 def run(
     args: argparse.Namespace, on_record: Callable[[list[dict]], None] = lambda records: None
 ) -> list[dict]:
     """Measures every (T, loss, impl); calls ``on_record`` with the records so far after each."""
     device = torch.device(args.device)
+    variants = fused_variants(args.chunk_size)
     records = []
     for T in args.T:
         inp = INPUTS[args.inputs](
@@ -145,16 +177,17 @@ def run(
                 if reason is not None:
                     print(f"skipping {impl} for {loss}: {reason}", file=sys.stderr, flush=True)
                     continue
-                try:
-                    prepared[impl] = prepare(loss, impl, inp, device, args.chunk_size)
-                except torch.OutOfMemoryError:
-                    # the reference at long contexts is the point of the comparison: record it
-                    records.append({**base, "impl": impl, "oom": True})
-                    print(json.dumps(records[-1]), flush=True)
-                    on_record(records)
-                    torch.cuda.empty_cache()
+                for name, rows in variants.items() if impl == "fused" else [(impl, None)]:
+                    try:
+                        prepared[name] = prepare(loss, impl, inp, device, rows)
+                    except torch.OutOfMemoryError:
+                        # the reference at long contexts is the point of the comparison: record it
+                        records.append({**base, "impl": name, "oom": True})
+                        print(json.dumps(records[-1]), flush=True)
+                        on_record(records)
+                        torch.cuda.empty_cache()
             for impl, m in measure(prepared, device, args.repeats).items():
-                factor = (FUSED_FLOP_FACTOR if impl == "fused" else FLOP_FACTOR)[loss]
+                factor = (FUSED_FLOP_FACTOR if is_fused(impl) else FLOP_FACTOR)[loss]
                 flops = factor * n * args.D * args.V
                 floor = floor6 * FLOP_FACTOR[loss] / 6
                 rec = dict(
@@ -166,7 +199,7 @@ def run(
                     tflops=round(flops / m["ms"] / 1e9, 4),
                     flop_accounting=f"{factor}*N*D*V",
                     timing=f"median of {args.repeats} interleaved rounds",
-                    chunk_size=args.chunk_size if impl == "fused" else None,
+                    chunk_size=variants[impl] if is_fused(impl) else None,
                     torch=torch.__version__,
                     unlearnx=unlearnx.__version__,
                 )
@@ -201,16 +234,18 @@ def markdown(records: list[dict]) -> str:
     for r in (r for r in records if not r.get("oom")):
         by_key.setdefault((r["loss"], r["N"]), {})[r["impl"]] = r
     ratios = [
-        f"- {loss} N={n}: fused/reference time {v['fused']['ms'] / v['reference']['ms']:.2f}x, "
-        f"memory {v['fused']['peak_extra_mb'] / max(v['reference']['peak_extra_mb'], 1e-9):.3f}x"
+        f"- {loss} N={n}: {f}/reference time {v[f]['ms'] / v['reference']['ms']:.2f}x, "
+        f"memory {v[f]['peak_extra_mb'] / max(v['reference']['peak_extra_mb'], 1e-9):.3f}x"
         for (loss, n), v in by_key.items()
-        if {"fused", "reference"} <= v.keys()
+        for f in filter(is_fused, v)
+        if "reference" in v
     ]
     ratios += [
-        f"- {loss} N={n}: fused/{impl} time {v['fused']['ms'] / v[impl]['ms']:.2f}x"
+        f"- {loss} N={n}: {f}/{impl} time {v[f]['ms'] / v[impl]['ms']:.2f}x"
         for (loss, n), v in by_key.items()
+        for f in filter(is_fused, v)
         for impl in ("compiled", "cce", "liger")
-        if {"fused", impl} <= v.keys()
+        if impl in v
     ]
     return "\n".join([*lines, "", *ratios]) + "\n"
 
@@ -259,7 +294,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--ignore-frac", type=float, default=0.0, help="fraction of each sequence masked as prompt"
     )
-    ap.add_argument("--chunk-size", type=int, default=None, help="fused chunk rows (default: memory budget)")
+    ap.add_argument(
+        "--chunk-size",
+        type=chunk_size,
+        nargs="+",
+        default=[None],
+        help="fused chunk rows, or auto (the memory budget's; the default); several values time "
+        "fused@<rows> variants side by side",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument(
         "--inputs",
