@@ -21,7 +21,7 @@
 # Packages the host lacks (rouge_score, nltk, cut-cross-entropy) come as wheels in .whl/ (see
 # benches/gpu_suite.sh). Every job stops at SUITE_SECONDS (default 480) after the start.
 # CHUNKS="auto 1048 2096" times the fused loss at each chunk size side by side (fused@<rows>;
-# default: auto, the memory budget's).
+# default: auto, the memory budget's); REPEATS (default 3) interleaved rounds per timing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:?usage: isa_suite.sh OUT}"
@@ -54,7 +54,7 @@ bench() {  # cores name "impls" [env...]
   shift 3
   # shellcheck disable=SC2086
   timeout "$(left)" "$@" taskset -c "$cores" "$PY" -m benches.run --device cpu --losses nll \
-    --impls $impls --chunk-size ${CHUNKS:-auto} --B 4 --T 128 512 2048 --D 512 --V 32000 --repeats 3 \
+    --impls $impls --chunk-size ${CHUNKS:-auto} --B 4 --T 128 512 2048 --D 512 --V 32000 --repeats "${REPEATS:-3}" \
     --formats json --name "$name" --out-dir "$OUT" >> "$OUT/$name.log" 2>&1
   echo "bench $name: rc $?, $(grep -c '"loss"' "$OUT/$name.json" 2> /dev/null || echo 0) records" >> "$LOG"
 }
