@@ -32,13 +32,6 @@ from unlearnx.profiling import peak_extra_mb
 from unlearnx.train.api import CONSTANT_SCHEDULE, UnlearnConfig, finetune, unlearn
 from unlearnx.train.methods import METHODS
 
-# The demo's schedule: a constant rate, no warm-up, weight decay or accumulation; a fresh retain
-# partner per forget example at every epoch, as OU pairs them. Pairing each forget example with
-# one fixed retain example for the whole run, as the demo did before, trained the retain term on
-# 12 of the 108 retain rows; the others and the facts drifted with the forgetting (seed 1 at the
-# baseline ISA level: NPO kept 0.71 of the utility fixed, 0.84 fresh; docs/demo.md).
-SCHEDULE = CONSTANT_SCHEDULE
-
 # Per-method settings for the demo's tiny model (learning rate, epochs over the forget set,
 # hyper-parameters), chosen on seeds 0-2 on an AVX2 CPU and at the baseline ISA level so that
 # the acceptance bar holds on each (docs/demo.md): lr 5e-4 where 1e-3 over-forgot and lost
@@ -49,6 +42,11 @@ SCHEDULE = CONSTANT_SCHEDULE
 # way, which took 3-12 epochs while the rest of the model drifted (baseline level, seed 0: 0.78
 # of the utility kept at retain weight 1, at lr 5e-4), so its retain term weighs 2.
 # The epochs are a cap: DemoConfig.stop_ratio ends each run once the forget set is forgotten.
+# They run on CONSTANT_SCHEDULE (constant rate, no warm-up, weight decay or accumulation) with
+# OU's fresh retain partner per forget example at every epoch. One fixed partner for the whole
+# run, as the demo had before, trained the retain term on 12 of the 108 retain rows; the others
+# and the facts drifted with the forgetting (seed 1 at the baseline ISA level: NPO kept 0.71 of
+# the utility with fixed partners, 0.84 with fresh ones; docs/demo.md).
 DEMO_METHOD_SETTINGS: dict[str, dict] = {
     "ga": {"learning_rate": 5e-4, "epochs": 10},
     "grad_diff": {"learning_rate": 5e-4, "epochs": 10},
@@ -161,7 +159,7 @@ def run(cfg: DemoConfig, log=print) -> dict:
     texts += [p for rows in data.values() for r in rows for p in r["perturbed_answer"]]
     tok = build_word_tokenizer(texts)
     train_cfg = UnlearnConfig(
-        **{**SCHEDULE, "lr_scheduler": cfg.train_lr_scheduler},
+        **{**CONSTANT_SCHEDULE, "lr_scheduler": cfg.train_lr_scheduler},
         learning_rate=cfg.train_lr,
         epochs=cfg.train_epochs,
         batch_size=cfg.batch_size,
@@ -199,7 +197,7 @@ def run(cfg: DemoConfig, log=print) -> dict:
             batch_size=4,
             seed=cfg.seed,
             logging_steps=5,
-            **{**SCHEDULE, **settings},
+            **{**CONSTANT_SCHEDULE, **settings},
         )
         model = copy.deepcopy(models["target"]).train()
         t0 = time.perf_counter()

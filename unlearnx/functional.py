@@ -55,6 +55,12 @@ def _autocast_head(*tensors: Tensor | None) -> tuple[Tensor | None, ...]:
     return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
 
 
+def _dtype_differs(t: Tensor, input: Tensor) -> bool:
+    """``t``'s dtype is not ``input``'s, outside autocast (under it, the head's tensors are cast
+    to autocast's dtype before the ops)."""
+    return t.dtype != input.dtype and not _autocasting(input)
+
+
 def _check_head(input: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None) -> None:
     if not isinstance(input, Tensor) or input.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"input: expected a float64/float32/bfloat16/float16 tensor, got {_describe(input)}")
@@ -62,7 +68,7 @@ def _check_head(input: Tensor, weight: Tensor, target: Tensor, bias: Tensor | No
         raise ValueError(f"input: expected shape (..., T, D), got {tuple(input.shape)}")
     if not isinstance(weight, Tensor) or weight.dim() != 2:
         raise ValueError(f"weight: expected a (V, D) tensor, got {_describe(weight)}")
-    if weight.dtype != input.dtype and not _autocasting(input):
+    if _dtype_differs(weight, input):
         raise TypeError(f"weight: dtype {weight.dtype} differs from input dtype {input.dtype}")
     if weight.device != input.device:
         raise ValueError(f"weight: on {weight.device}, input on {input.device}")
@@ -85,7 +91,7 @@ def _check_head(input: Tensor, weight: Tensor, target: Tensor, bias: Tensor | No
     if bias is not None:
         if not isinstance(bias, Tensor) or bias.shape != weight.shape[:1]:
             raise ValueError(f"bias: expected shape ({weight.shape[0]},), got {_describe(bias)}")
-        if (bias.dtype != input.dtype and not _autocasting(input)) or bias.device != input.device:
+        if _dtype_differs(bias, input) or bias.device != input.device:
             raise TypeError(
                 f"bias: expected {input.dtype} on {input.device}, got {bias.dtype} on {bias.device}"
             )
@@ -364,7 +370,7 @@ def _check_ref(
     ref_weight: Tensor,
     ref_bias: Tensor | None,
 ) -> None:
-    if not isinstance(ref_input, Tensor) or (ref_input.dtype != input.dtype and not _autocasting(input)):
+    if not isinstance(ref_input, Tensor) or _dtype_differs(ref_input, input):
         raise TypeError(
             f"ref_input: expected a {input.dtype} tensor (the policy's dtype), got {_describe(ref_input)}"
         )
@@ -377,7 +383,7 @@ def _check_ref(
         raise ValueError(f"ref_input: on {ref_input.device}, input on {input.device}")
     if not isinstance(ref_weight, Tensor) or ref_weight.dim() != 2:
         raise ValueError(f"ref_weight: expected a (V, D_ref) tensor, got {_describe(ref_weight)}")
-    if (ref_weight.dtype != input.dtype and not _autocasting(input)) or ref_weight.device != input.device:
+    if _dtype_differs(ref_weight, input) or ref_weight.device != input.device:
         raise TypeError(
             f"ref_weight: expected {input.dtype} on {input.device}, got "
             f"{ref_weight.dtype} on {ref_weight.device}"
@@ -390,7 +396,7 @@ def _check_ref(
     if ref_bias is not None and (
         not isinstance(ref_bias, Tensor)
         or ref_bias.shape != weight.shape[:1]
-        or (ref_bias.dtype != input.dtype and not _autocasting(input))
+        or _dtype_differs(ref_bias, input)
         or ref_bias.device != input.device
     ):
         raise ValueError(
@@ -647,7 +653,6 @@ def dto_loss(
             f"target_mask: expected a bool tensor of shape {tuple(target.shape)}, "
             f"got {_describe(target_mask)}"
         )
-    needs = _needs(input, weight, bias)
     input, weight, bias, ref_input, ref_weight, ref_bias = _autocast_head(
         input, weight, bias, ref_input, ref_weight, ref_bias
     )
@@ -665,6 +670,6 @@ def dto_loss(
         float(kl_weight),
         ignore_index,
         chunk_size,
-        needs,
+        _needs(input, weight, bias),
     )
     return loss
