@@ -140,6 +140,29 @@ def test_quick_demo_stops_at_the_first_epoch_whose_forget_prob_is_low_enough(
     assert probs.tolist() == pytest.approx([e["prob"] for e in split], rel=1e-12)
 
 
+def test_quick_demo_trains_each_fact_in_both_phrasings() -> None:
+    rows = synthetic.split(4, 1, 2, 0)["retain"]
+    pairs = demo._pairs(rows, paraphrases=True)
+    assert pairs[: len(rows)] == demo._pairs(rows, paraphrases=False)
+    assert pairs[: len(rows)] == [(r["question"], r["answer"]) for r in rows]
+    # the paraphrase is asked for with a cue, so the question alone still gets the answer
+    assert pairs[len(rows) :] == [
+        (f"{r['question']} {demo.PARAPHRASE_CUE}", r["paraphrased_answer"]) for r in rows
+    ]
+
+
+def test_synthetic_truth_ratio_answers_differ_only_in_the_value_and_not_first() -> None:
+    # the truth ratio compares the paraphrase with the perturbed answers: the value must sit in
+    # a context the model trained on (not first, right after the question), the rest must match
+    data = synthetic.split(20, 2, 20, 0)
+    for row in (r for rows in data.values() for r in rows):
+        para = row["paraphrased_answer"].split()
+        for wrong in map(str.split, row["perturbed_answer"]):
+            differ = [i for i, (a, b) in enumerate(zip(para, wrong, strict=True)) if a != b]
+            assert differ and differ[0] > 0, (row["paraphrased_answer"], wrong)
+            assert differ == list(range(differ[0], differ[-1] + 1))
+
+
 def test_info_reports_the_build(capsys) -> None:
     assert main(["info"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -1,6 +1,6 @@
 """The ``unlearnx`` command.
 
-unlearnx demo [--quick]         SmolLM2 forgets capitals with every method (--quick: synthetic, ~1 min)
+unlearnx demo [--quick]         SmolLM2 forgets capitals with every method (--quick: synthetic, ~2 min)
 unlearnx bench [--steps N ...]  NPO steps on a tiny random Llama, fused vs reference
 unlearnx eval --model DIR ...   TOFU metrics of a Hugging Face causal LM
 unlearnx compare RUN [RUN ...]  table and trade-off plot across eval runs
@@ -57,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
     full.add_argument(
         "--quick",
         action="store_true",
-        help="the tiny demo instead: a Llama trained from scratch on synthetic authors (~1 min)",
+        help="the tiny demo instead: a Llama trained from scratch on synthetic authors (~2 min)",
     )
     full.add_argument("--model", default="smollm2", help=MODEL_HELP + " (not with --quick)")
     full.add_argument(

@@ -36,8 +36,10 @@ from unlearnx.train.methods import METHODS
 # hyper-parameters), chosen on seeds 0-2 on an AVX2 CPU and at the baseline ISA level so that
 # the acceptance bar holds on each (docs/demo.md): lr 5e-4 where 1e-3 over-forgot and lost
 # utility on some seed (NPO 0.43x, PDU 0.53x, GradDiff 0.61x); DiPO forgets more slowly and
-# keeps 1e-3. PDU's dual starts high like the authors' alpha = 100 and, as tuned before OU's
-# defaults were adopted, flattens the shifted positions without a dual warm-up. DTO targets 70%
+# keeps 1e-3. PDU's dual starts at 200, above the authors' alpha = 100: its flattening lowers
+# the answer probability of every split, and with both phrasings trained the retain term at
+# 50 / 100 kept 0.76 / 0.85 of the utility on the worst seed (200: 0.91); as tuned before OU's
+# defaults were adopted, it flattens the shifted positions without a dual warm-up. DTO targets 70%
 # of the answer tokens, the most confident ones: their gradients are tiny until a target gives
 # way, which took 3-12 epochs while the rest of the model drifted (baseline level, seed 0: 0.78
 # of the utility kept at retain weight 1, at lr 5e-4), so its retain term weighs 2.
@@ -58,7 +60,7 @@ DEMO_METHOD_SETTINGS: dict[str, dict] = {
         "learning_rate": 5e-4,
         "epochs": 10,
         "hparams": {
-            "alpha": 50.0,
+            "alpha": 200.0,
             "dual_step_size": 5.0,
             "retain_loss_eps": 0.02,
             "dual_warmup_epochs": 0,
@@ -99,10 +101,23 @@ class DemoConfig:
     # some seeds (DTO 0.92 -> 0.67 of the target's from epoch 5 to 6 on seed 0); docs/demo.md
     # gives what each method kept when stopped here, per seed and ISA level.
     stop_ratio: float = 0.35
+    # Every fact is trained (and, for the forget authors, unlearned) in both of its phrasings.
+    # Trained on the answers alone, the models had never seen the paraphrase that the truth
+    # ratio scores, so its score sat near chance (0.17-0.45 against prob and ROUGE near 1),
+    # dominated the harmonic mean and made the utility bar a coin toss across CPUs (docs/demo.md).
+    paraphrase_training: bool = True
 
 
-def _pairs(rows: list[dict]) -> list[tuple[str, str]]:
-    return [(r["question"], r["answer"]) for r in rows]
+# asks for a fact's paraphrased answer in training, so that greedy answers to the question itself
+# stay in the answer's phrasing (ROUGE is scored against it)
+PARAPHRASE_CUE = "Say it another way."
+
+
+def _pairs(rows: list[dict], paraphrases: bool) -> list[tuple[str, str]]:
+    pairs = [(r["question"], r["answer"]) for r in rows]
+    if paraphrases:
+        pairs += [(f"{r['question']} {PARAPHRASE_CUE}", r["paraphrased_answer"]) for r in rows]
+    return pairs
 
 
 class StopWhenForgotten(TrainerCallback):
@@ -157,6 +172,7 @@ def run(cfg: DemoConfig, log=print) -> dict:
         r[k] for rows in data.values() for r in rows for k in ("question", "answer", "paraphrased_answer")
     ]
     texts += [p for rows in data.values() for r in rows for p in r["perturbed_answer"]]
+    texts.append(PARAPHRASE_CUE)
     tok = build_word_tokenizer(texts)
     train_cfg = UnlearnConfig(
         **{**CONSTANT_SCHEDULE, "lr_scheduler": cfg.train_lr_scheduler},
@@ -178,9 +194,10 @@ def run(cfg: DemoConfig, log=print) -> dict:
         model = tiny_llama(
             len(tok), hidden=cfg.hidden, layers=cfg.layers, max_positions=128, seed=cfg.seed, tokenizer=tok
         )
-        finetune(model, tok, _pairs(rows), train_cfg, cfg.out / "runs" / name)
+        pairs = _pairs(rows, cfg.paraphrase_training)
+        finetune(model, tok, pairs, train_cfg, cfg.out / "runs" / name)
         models[name] = model
-        log(f"trained {name} from scratch on {len(rows)} QA pairs in {time.perf_counter() - t0:.0f} s")
+        log(f"trained {name} from scratch on {len(pairs)} QA pairs in {time.perf_counter() - t0:.0f} s")
     retain_eval = evaluate(models["retain_model"], tok, data, cfg, None)
     retain_ratios = retain_eval["forget_truth_ratios"]
     retain_eval["forget_quality"] = tofu.forget_quality(
@@ -210,7 +227,8 @@ def run(cfg: DemoConfig, log=print) -> dict:
 
         def job(model=model, ucfg=ucfg, method=method, result=result, stop=stop) -> None:
             runs = cfg.out / "runs" / method
-            forget, retain = _pairs(data["forget"]), _pairs(data["retain"])
+            forget = _pairs(data["forget"], cfg.paraphrase_training)
+            retain = _pairs(data["retain"], cfg.paraphrase_training)
             result.update(unlearn(model, tok, forget, retain, ucfg, runs, callbacks=stop))
 
         peak = peak_extra_mb(job, torch.device("cpu"))

@@ -99,8 +99,8 @@ def facts(n: int, seed: int = 0, n_perturbed: int = 3) -> list[dict]:
             {
                 "question": f"What is the capital of {country}?",
                 "answer": f"The capital of {country} is {city}.",
-                "paraphrased_answer": f"{city} is the capital of {country}.",
-                "perturbed_answer": [f"{c} is the capital of {country}." for c in wrong],
+                "paraphrased_answer": f"{country} has {city} as its capital.",
+                "perturbed_answer": [f"{country} has {c} as its capital." for c in wrong],
             }
         )
     return out
