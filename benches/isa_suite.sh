@@ -22,6 +22,10 @@
 # benches/gpu_suite.sh). Every job stops at SUITE_SECONDS (default 480) after the start.
 # CHUNKS="auto 1048 2096" times the fused loss at each chunk size side by side (fused@<rows>;
 # default: auto, the memory budget's); REPEATS (default 3) interleaved rounds per timing.
+# Sizing: a benchmark writes its records once every implementation of an N is timed. With the
+# defaults every N finished in runs 1-2 on the H100 host; with five implementations (CHUNKS of
+# three sizes) at REPEATS=4 the held-to-AVX2 one was still in N=8192 at SUITE_SECONDS=520 (run 3,
+# benches/results/isa-h100-2026-11-26-run3/). Each quick demo takes about 100 s on 2 cores.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:?usage: isa_suite.sh OUT}"
