@@ -3,7 +3,8 @@
 1. Generates the synthetic fictitious-author benchmark (``unlearnx.data.synthetic``) and a
    word-level tokenizer for it.
 2. Trains a tiny Llama-architecture model from scratch on everything (the *target*) and
-   another on everything but the forget authors (the *retain model*, the gold standard).
+   another on everything but the forget authors (the *retain model*, the gold standard), each
+   fact in both phrasings (``DemoConfig.paraphrase_training``).
 3. Runs every unlearning method on a copy of the target and evaluates each:
    ``forget_prob`` (mean per-token answer probability on the forget set, TOFU's prob),
    ``utility`` (the demo's own: harmonic mean of prob, ROUGE-L recall and truth-ratio score on
