@@ -56,11 +56,12 @@ AVX2=(env UNLEARNX_CPU_ISA=avx2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS
 bench() {  # cores name "impls" [env...]
   local cores=$1 name=$2 impls=$3
   shift 3
-  # shellcheck disable=SC2086
   # an Inductor cache of its own: two torch.compile runs sharing one is the likeliest cause of
   # the "buffer overflow detected" abort of the first run on the H100 host
-  timeout "$(left)" env TORCHINDUCTOR_CACHE_DIR="/tmp/inductor-$name" "$@" taskset -c "$cores" "$PY" -m benches.run --device cpu --losses nll \
-    --impls $impls --chunk-size ${CHUNKS:-auto} --B 4 --T 128 512 2048 --D 512 --V 32000 --repeats "${REPEATS:-3}" \
+  # shellcheck disable=SC2086
+  timeout "$(left)" env TORCHINDUCTOR_CACHE_DIR="/tmp/inductor-$name" "$@" taskset -c "$cores" \
+    "$PY" -m benches.run --device cpu --losses nll --impls $impls --chunk-size ${CHUNKS:-auto} \
+    --B 4 --T 128 512 2048 --D 512 --V 32000 --repeats "${REPEATS:-3}" \
     --formats json --name "$name" --out-dir "$OUT" >> "$OUT/$name.log" 2>&1
   echo "bench $name: rc $?, $(grep -c '"loss"' "$OUT/$name.json" 2> /dev/null || echo 0) records" >> "$LOG"
 }
