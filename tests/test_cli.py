@@ -93,6 +93,7 @@ def test_bench_table_output(capsys) -> None:
         (["bench", "--steps", "0"], "--steps"),
         (["bench", "--beta", "-1"], "--beta"),
         (["demo", "--methods", "forgetall"], "--methods"),
+        (["demo", "--quick", "--stop-every", "batch"], "--stop-every"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -110,6 +111,7 @@ def test_bad_arguments_are_rejected(argv, needle, capsys) -> None:
         (["demo", "--model", "/nonexistent"], "--model: /nonexistent is not a Hugging Face model"),
         (["demo", "--quick", "--stop-ratio", "1.5"], "--stop-ratio: expected a share in [0, 1), got 1.5"),
         (["demo", "--stop-ratio", "0.3"], "--stop-ratio: only the --quick demo stops early"),
+        (["demo", "--stop-every", "epoch"], "--stop-every: only the --quick demo stops early"),
     ],
 )
 def test_demo_model_errors_come_before_any_work(argv, needle, tmp_path, capsys) -> None:
@@ -118,26 +120,41 @@ def test_demo_model_errors_come_before_any_work(argv, needle, tmp_path, capsys) 
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("threshold,epochs", [(1.0, 1), (0.0, 3)])
-def test_quick_demo_stops_at_the_first_epoch_whose_forget_prob_is_low_enough(
-    threshold: float, epochs: int, tmp_path
+@pytest.mark.parametrize("every", ["step", "epoch"])
+@pytest.mark.parametrize("threshold", [1.0, 0.0])
+def test_quick_demo_stops_at_the_first_check_whose_forget_prob_is_low_enough(
+    every: str, threshold: float, tmp_path
 ) -> None:
-    # threshold 1 is met by any probability: one epoch; 0 by none: the whole cap of 3
+    # threshold 1 is met by any probability: one step or one epoch; 0 by none: the whole cap of 3
     data = synthetic.split(4, 1, 2, 0)
     texts = [r[k] for rows in data.values() for r in rows for k in ("question", "answer")]
     tok = build_word_tokenizer(texts)
     model = tiny_llama(len(tok), hidden=32, layers=1, heads=2, max_positions=64, seed=0, tokenizer=tok)
     pairs = [(r["question"], r["answer"]) for r in data["forget"]]
     config = UnlearnConfig(**CONSTANT_SCHEDULE, method="ga", learning_rate=1e-3, epochs=3, batch_size=2)
-    stop = demo.StopWhenForgotten(model, tok, data["forget"], threshold)
+    stop = demo.StopWhenForgotten(model, tok, data["forget"], threshold, every=every)
     result = unlearn(model, tok, pairs, None, config, tmp_path, callbacks=[stop])
-    assert result["epochs"] == epochs
-    assert result["steps"] == epochs * math.ceil(len(pairs) / 2)
+    steps_per_epoch = math.ceil(len(pairs) / 2)
+    assert steps_per_epoch > 1
+    if threshold == 0.0:
+        assert (result["steps"], result["epochs"]) == (3 * steps_per_epoch, 3)
+    elif every == "epoch":
+        assert (result["steps"], result["epochs"]) == (steps_per_epoch, 1)
+    else:
+        assert result["steps"] == 1
+        assert result["epochs"] == pytest.approx(1 / steps_per_epoch)
     assert model.training  # the check evaluates in eval mode and puts the model back
     # the check's probability is the one evaluate_split reports
     probs = tofu.answer_probs(model, tok, data["forget"])
     split = tofu.evaluate_split(model, tok, data["forget"], "answer", max_new_tokens=2)
     assert probs.tolist() == pytest.approx([e["prob"] for e in split], rel=1e-12)
+
+
+def test_quick_demo_stop_rule_rejects_an_unknown_schedule() -> None:
+    with pytest.raises(ValueError, match="every: expected 'step' or 'epoch', got 'batch'"):
+        demo.StopWhenForgotten(None, None, [], 0.5, every="batch")
+    with pytest.raises(ValueError, match="stop_every: expected 'step' or 'epoch', got 'batch'"):
+        demo.run(demo.DemoConfig(stop_every="batch"))
 
 
 def test_quick_demo_trains_each_fact_in_both_phrasings() -> None:
@@ -179,7 +196,7 @@ def test_cuda_kernels_were_built_when_required() -> None:
 
 
 def test_quick_demo_meets_its_acceptance_bar(tmp_path, capsys) -> None:
-    """The quick demo with its defaults (about 100 s on 2 cores): every method but ga at least
+    """The quick demo with its defaults (about 105 s on 2 cores): every method but ga at least
     halves the target's forget_prob and keeps 80% of its model utility."""
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     rep = json.loads((tmp_path / "report.json").read_text())

@@ -40,10 +40,14 @@ from unlearnx.train.methods import METHODS
 # keeps 1e-3. PDU's dual starts at 200, above the authors' alpha = 100: its flattening lowers
 # the answer probability of every split, and with both phrasings trained the retain term at
 # 50 / 100 kept 0.76 / 0.85 of the utility on the worst seed (200: 0.91); as tuned before OU's
-# defaults were adopted, it flattens the shifted positions without a dual warm-up. DTO targets 70%
-# of the answer tokens, the most confident ones: their gradients are tiny until a target gives
-# way, which took 3-12 epochs while the rest of the model drifted (baseline level, seed 0: 0.78
-# of the utility kept at retain weight 1, at lr 5e-4), so its retain term weighs 2.
+# defaults were adopted, it flattens the shifted positions without a dual warm-up. Its lr is
+# 2.5e-4: with the stop rule checked every step it was then the weakest method, and halving its
+# lr raised the least it kept over seeds 0-9 at avx2 and baseline from 0.86 to 0.90 (at 1e-3,
+# on ten of them: 0.77); the same halving lowered DTO's least from 0.88 to 0.86, so DTO keeps
+# 5e-4. DTO targets 70% of the answer tokens, the most confident ones: their gradients are
+# tiny until a target gives way, which took 3-12 epochs while the rest of the model drifted
+# (baseline level, seed 0: 0.78 of the utility kept at retain weight 1, at lr 5e-4), so its
+# retain term weighs 2.
 # The epochs are a cap: DemoConfig.stop_ratio ends each run once the forget set is forgotten.
 # They run on CONSTANT_SCHEDULE (constant rate, no warm-up, weight decay or accumulation) with
 # OU's fresh retain partner per forget example at every epoch. One fixed partner for the whole
@@ -58,8 +62,8 @@ DEMO_METHOD_SETTINGS: dict[str, dict] = {
     "simnpo": {"learning_rate": 5e-4, "epochs": 10, "hparams": {"beta": 2.5, "gamma": 1.0}},
     "dipo": {"learning_rate": 1e-3, "epochs": 10},
     "pdu": {
-        "learning_rate": 5e-4,
-        "epochs": 10,
+        "learning_rate": 2.5e-4,
+        "epochs": 20,
         "hparams": {
             "alpha": 200.0,
             "dual_step_size": 5.0,
@@ -96,12 +100,17 @@ class DemoConfig:
     method_settings: dict = field(default_factory=lambda: copy.deepcopy(DEMO_METHOD_SETTINGS))
     max_new_tokens: int = 16
     seed: int = 0
-    # Unlearning stops at the end of the first epoch whose forget_prob is at most this share
-    # of the target's (0: every epoch of the method's cap). Run for a fixed 5 or 10 epochs, a
-    # method went on forgetting past the bar and its utility collapsed within an epoch on
-    # some seeds (DTO 0.92 -> 0.67 of the target's from epoch 5 to 6 on seed 0); docs/demo.md
-    # gives what each method kept when stopped here, per seed and ISA level.
+    # Unlearning stops after the first optimiser step (stop_every="step"; "epoch": at the end
+    # of the first epoch) whose forget_prob is at most this share of the target's (0: every
+    # epoch of the method's cap). Run for a fixed 5 or 10 epochs, a method went on forgetting
+    # past the bar and its utility collapsed within an epoch on some seeds (DTO 0.92 -> 0.67 of
+    # the target's from epoch 5 to 6 on seed 0). Checked once an epoch, the collapse still
+    # happened inside the epoch that crossed the threshold: NPO reached 0.06 / 0.78 (forget /
+    # utility, shares of the target's) at the end of epoch 3 on seed 6 at the baseline ISA level,
+    # GradDiff 0.14 / 0.72 on seed 1 on an Intel Xeon held to AVX2; checked every step, NPO on
+    # seed 6 stopped at 0.26 / 0.92. docs/demo.md gives what each method kept, per seed and level.
     stop_ratio: float = 0.35
+    stop_every: str = "step"
     # Every fact is trained (and, for the forget authors, unlearned) in both of its phrasings.
     # Trained on the answers alone, the models had never seen the paraphrase that the truth
     # ratio scores, so its score sat near chance (0.17-0.45 against prob and ROUGE near 1),
@@ -121,14 +130,20 @@ def _pairs(rows: list[dict], paraphrases: bool) -> list[tuple[str, str]]:
     return pairs
 
 
+STOP_EVERY = ("step", "epoch")
+
+
 class StopWhenForgotten(TrainerCallback):
-    """Ends training at the end of the first epoch whose mean answer probability on ``rows``
-    is at most ``threshold`` (TOFU's ``prob``, :func:`unlearnx.eval.tofu.answer_probs`)."""
+    """Ends training at the first optimiser step (``every="step"``) or the end of the first
+    epoch (``every="epoch"``) after which the mean answer probability on ``rows`` is at most
+    ``threshold`` (TOFU's ``prob``, :func:`unlearnx.eval.tofu.answer_probs`)."""
 
-    def __init__(self, model, tokenizer, rows: list[dict], threshold: float) -> None:
-        self.model, self.tok, self.rows, self.threshold = model, tokenizer, rows, threshold
+    def __init__(self, model, tokenizer, rows: list[dict], threshold: float, every: str = "step") -> None:
+        if every not in STOP_EVERY:
+            raise ValueError(f"every: expected 'step' or 'epoch', got {every!r}")
+        self.model, self.tok, self.rows, self.threshold, self.every = model, tokenizer, rows, threshold, every
 
-    def on_epoch_end(self, args, state, control, **kwargs):
+    def _check(self, control):
         was_training = self.model.training
         self.model.eval()
         prob = float(tofu.answer_probs(self.model, self.tok, self.rows, batch_size=16).mean())
@@ -136,6 +151,12 @@ class StopWhenForgotten(TrainerCallback):
         if prob <= self.threshold:
             control.should_training_stop = True
         return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        return self._check(control) if self.every == "step" else control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        return self._check(control) if self.every == "epoch" else control
 
 
 def evaluate(
@@ -167,6 +188,8 @@ def run(cfg: DemoConfig, log=print) -> dict:
     unknown = set(cfg.methods) - set(METHODS)
     if unknown:
         raise ValueError(f"methods: unknown {sorted(unknown)}; choose from {sorted(METHODS)}")
+    if cfg.stop_every not in STOP_EVERY:
+        raise ValueError(f"stop_every: expected 'step' or 'epoch', got {cfg.stop_every!r}")
     cfg.out.mkdir(parents=True, exist_ok=True)
     data = synthetic.split(cfg.n_authors, cfg.forget_authors, cfg.n_facts, cfg.seed)
     texts = [
@@ -224,7 +247,7 @@ def run(cfg: DemoConfig, log=print) -> dict:
         stop = []
         if cfg.stop_ratio > 0:
             threshold = cfg.stop_ratio * report_json["target"]["forget_prob"]
-            stop = [StopWhenForgotten(model, tok, data["forget"], threshold)]
+            stop = [StopWhenForgotten(model, tok, data["forget"], threshold, cfg.stop_every)]
 
         def job(model=model, ucfg=ucfg, method=method, result=result, stop=stop) -> None:
             runs = cfg.out / "runs" / method
@@ -275,7 +298,7 @@ def table(rep: dict) -> str:
     ]
     for name, e in rows:
         fq = "-" if e.get("forget_quality") is None else f"{e['forget_quality']:.3g}"
-        epochs = "-" if e.get("epochs") is None else f"{e['epochs']:g}"
+        epochs = "-" if e.get("epochs") is None else f"{e['epochs']:.3g}"
         lines.append(
             f"{name:<14}{e['forget_prob']:12.4f}{e['utility']:10.4f}{fq:>10}{epochs:>8}"
             f"{e.get('seconds', 0):9.1f}{e.get('peak_mb', 0):9.0f}"
