@@ -133,14 +133,18 @@ def _pairs(rows: list[dict], paraphrases: bool) -> list[tuple[str, str]]:
 STOP_EVERY = ("step", "epoch")
 
 
+def _check_stop_every(name: str, value: str) -> None:
+    if value not in STOP_EVERY:
+        raise ValueError(f"{name}: expected {' or '.join(map(repr, STOP_EVERY))}, got {value!r}")
+
+
 class StopWhenForgotten(TrainerCallback):
     """Ends training at the first optimiser step (``every="step"``) or the end of the first
     epoch (``every="epoch"``) after which the mean answer probability on ``rows`` is at most
     ``threshold`` (TOFU's ``prob``, :func:`unlearnx.eval.tofu.answer_probs`)."""
 
     def __init__(self, model, tokenizer, rows: list[dict], threshold: float, every: str = "step") -> None:
-        if every not in STOP_EVERY:
-            raise ValueError(f"every: expected 'step' or 'epoch', got {every!r}")
+        _check_stop_every("every", every)
         self.model, self.tok, self.rows, self.threshold, self.every = model, tokenizer, rows, threshold, every
 
     def _check(self, control):
@@ -188,8 +192,7 @@ def run(cfg: DemoConfig, log=print) -> dict:
     unknown = set(cfg.methods) - set(METHODS)
     if unknown:
         raise ValueError(f"methods: unknown {sorted(unknown)}; choose from {sorted(METHODS)}")
-    if cfg.stop_every not in STOP_EVERY:
-        raise ValueError(f"stop_every: expected 'step' or 'epoch', got {cfg.stop_every!r}")
+    _check_stop_every("stop_every", cfg.stop_every)  # before the minute of training, not after
     cfg.out.mkdir(parents=True, exist_ok=True)
     data = synthetic.split(cfg.n_authors, cfg.forget_authors, cfg.n_facts, cfg.seed)
     texts = [
