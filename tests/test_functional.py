@@ -132,6 +132,63 @@ def test_gradcheck(case: Case, chunk_size: int | None) -> None:
     assert torch.autograd.gradcheck(fn, (x, w, b), eps=1e-6, atol=1e-7)
 
 
+# the ops whose backward scales the gradients their forward formed (sequence_loss, dto_loss)
+PRESCALED_OPS = [c for c in CASES if c.name in ("nll", "npo", "simnpo", "kl", "dipo", "dto")]
+
+
+def _record_weight_grad_deferral(monkeypatch) -> list[bool]:
+    from unlearnx import _chunked
+
+    decided: list[bool] = []
+    original = _chunked.defers_weight_grad
+
+    def recording(*args) -> bool:
+        decided.append(original(*args))
+        return decided[-1]
+
+    monkeypatch.setattr(_chunked, "defers_weight_grad", recording)
+    return decided
+
+
+@pytest.mark.parametrize("case", PRESCALED_OPS, ids=[c.name for c in PRESCALED_OPS])
+@pytest.mark.parametrize("ignore_frac", [0.0, 0.4, 1.0])
+def test_one_chunk_of_at_most_d_positions_defers_the_weight_gradient(
+    case: Case, ignore_frac: float, monkeypatch
+) -> None:
+    """B*T = 6 <= D = 8 positions in one chunk: the op returns dZ and X (zero past the valid
+    tokens) and the backward forms dW = dZ^T (g X); values and gradients as the reference's."""
+    decided = _record_weight_grad_deferral(monkeypatch)
+    p = make_problem(B=2, T=3, D=8, V=37, ignore_frac=ignore_frac, seed=5)
+    fused = _loss_and_grads(case, case.fused, p, p.leaves(torch.float64))
+    assert decided and all(decided), decided
+    ref = _loss_and_grads(case, case.ref, p, p.leaves(torch.float64))
+    for name, a, b in zip(("value", "d_input", "d_weight", "d_bias"), fused, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"{case.name} {name}")
+    x, w, b = p.leaves(torch.float64)
+    fn = lambda x, w, b: case.call(case.fused, p, x, w, b)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w, b), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("case", PRESCALED_OPS, ids=[c.name for c in PRESCALED_OPS])
+@pytest.mark.parametrize("positions", [6, 10], ids=["dW_deferred", "dW_in_forward"])
+def test_fp16_gradients_survive_a_gradscaler_loss_scale(case: Case, positions: int, monkeypatch) -> None:
+    # a GradScaler's first loss scale, 2^16, is above fp16's largest value: taken as one fp16
+    # factor it made every gradient inf. And 2^16 times hidden states above 1 overflows fp16,
+    # so the deferred dW = dZ^T (g X) scales after its GEMM in fp16. Scaling by a power of
+    # two is exact: the scaled gradients are the unscaled ones times 2^16, bit for bit.
+    decided = _record_weight_grad_deferral(monkeypatch)
+    p = make_problem(B=2, T=positions // 2, D=8, V=37, seed=6)
+    x, w, b = p.leaves(torch.float16)
+    assert x.abs().max() > 1
+    unit = torch.autograd.grad(case.call(case.fused, p, x, w, b), (x, w, b))
+    scale = 2.0**16
+    scaled = torch.autograd.grad(case.call(case.fused, p, x, w, b) * scale, (x, w, b))
+    assert all(decided) == (positions <= 8), decided
+    for name, u, s in zip(("d_input", "d_weight", "d_bias"), unit, scaled, strict=True):
+        assert u.abs().max() * scale < torch.finfo(torch.float16).max, name
+        torch.testing.assert_close(s, u * scale, rtol=0, atol=0, msg=name)
+
+
 # --------------------------------------------------------------------------- low precision
 
 
@@ -382,19 +439,24 @@ def test_opcheck_chunked_ops() -> None:
         )
         torch.library.opcheck(torch.ops.unlearnx.token_values_backward.default, args)
     needs = [True, True, True]
-    for objective, params, hp, ref in (
-        ("nll", None, [], none3),
-        ("npo", p.ref_logps, [0.1], none3),
-        ("simnpo", None, [2.5, 0.0], none3),
-        ("kl", None, [], (xr, wr, br)),
-        ("dipo", None, [1.0, 1.0, 1.0], (xr, wr, br)),
-    ):
-        for chunk in (2, None):
-            args = (x, w, b, p.t, *ref, params, objective, hp, IGNORE, "mean", chunk, needs)
-            torch.library.opcheck(torch.ops.unlearnx.sequence_loss.default, args)
-    torch.library.opcheck(
-        torch.ops.unlearnx.dto_loss.default, (x, w, b, p.t, xr, wr, br, p.mask, 0.1, 1.0, IGNORE, 4, needs)
-    )
+    # chunk None: the 10 positions are one chunk, of more than D = 8 rows; T = 3: 6 positions,
+    # dW left to the backward (the op's outputs change shape with that)
+    for q in (p, make_problem(B=2, T=3, D=8, V=19)):
+        qx, qw, qb = q.leaves(torch.float32)
+        qxr, qwr, qbr = q.ref(torch.float32)
+        for objective, params, hp, ref in (
+            ("nll", None, [], none3),
+            ("npo", q.ref_logps, [0.1], none3),
+            ("simnpo", None, [2.5, 0.0], none3),
+            ("kl", None, [], (qxr, qwr, qbr)),
+            ("dipo", None, [1.0, 1.0, 1.0], (qxr, qwr, qbr)),
+        ):
+            for chunk in (2, None):
+                args = (qx, qw, qb, q.t, *ref, params, objective, hp, IGNORE, "mean", chunk, needs)
+                torch.library.opcheck(torch.ops.unlearnx.sequence_loss.default, args)
+        for chunk in (4, None):
+            args = (qx, qw, qb, q.t, qxr, qwr, qbr, q.mask, 0.1, 1.0, IGNORE, chunk, needs)
+            torch.library.opcheck(torch.ops.unlearnx.dto_loss.default, args)
     x2, t1 = x.detach().reshape(-1, 8).requires_grad_(), p.t.reshape(-1)
     torch.library.opcheck(torch.ops.unlearnx.flatten_margins.default, (x2, w, b, t1, IGNORE, 3))
     _, argmax = torch.ops.unlearnx.flatten_margins(x2.detach(), w.detach(), b.detach(), t1, IGNORE, 3)
@@ -412,6 +474,7 @@ def test_torch_compile_fullgraph() -> None:
     def step(x, w, b):
         h = torch.tanh(x) * 2  # something for the compiler to fuse around the op
         loss = F.npo_loss(h, w, p.t, p.ref_logps, bias=b) + F.nll_loss(h, w, p.t, bias=b, chunk_size=4)
+        loss = loss + F.nll_loss(h[:, :3], w, p.t[:, :3], bias=b)  # 6 <= D positions: dW deferred
         return (
             loss
             + F.token_logprobs(h, w, p.t, bias=b).mean()
@@ -470,11 +533,13 @@ def test_cuda_matches_reference(case: Case, dtype: torch.dtype, chunk_size: int 
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.reduces], ids=[c.name for c in CASES if c.reduces])
-def test_backward_through_a_retained_graph_sees_the_saved_gradients_intact(case: Case) -> None:
-    # the single-pass ops save their gradients and scale them in backward: neither autograd
-    # adopting them as .grad nor a later accumulation may change what a second backward sees
-    # (handing autograd the saved tensor itself for an upstream of 1 fails exactly here)
-    p = make_problem(seed=4)
+@pytest.mark.parametrize("T", [9, 2], ids=["dW_in_forward", "dW_deferred"])
+def test_backward_through_a_retained_graph_sees_the_saved_gradients_intact(case: Case, T: int) -> None:
+    # the single-pass ops save their gradients (or dW's factors) and scale them in backward:
+    # neither autograd adopting them as .grad nor a later accumulation may change what a
+    # second backward sees (handing autograd the saved tensor itself for an upstream of 1
+    # fails exactly here)
+    p = make_problem(T=T, seed=4)
     x, w, b = p.leaves(torch.float32)
     loss = case.call(case.fused, p, x, w, b, chunk_size=None)
     loss.backward(retain_graph=True)

@@ -47,6 +47,28 @@ def chunk_rows(
     return max(1, budget // (n_mats * vocab * torch.empty((), dtype=dtype).element_size()))
 
 
+def defers_weight_grad(
+    input3d: Tensor,
+    weight: Tensor,
+    family: str,
+    family_params: Sequence[float],
+    chunk_size: int | None,
+    needs: Sequence[bool],
+) -> bool:
+    """Whether a loss op whose backward scales the gradients it returned leaves ``dW`` to
+    that backward, as ``dZ^T (g X)``: when ``dW`` is wanted and the ``P = B*T`` positions fit
+    one chunk of at most ``D`` rows, so that the chunk's kept ``dZ [P, V]`` is no larger than
+    the ``dW [V, D]`` it replaces. The forward then forms no ``V x D`` tensor and the backward
+    one, where it used to form ``dW`` and scale it into a second: 28-35 of about 440 ms for
+    fused NLL at N=512, D=512, V=32000 fp32 on the 2-core AVX2 CPU (docs/performance.md).
+    Decided from shapes alone, so the fake op knows its output shapes."""
+    n_seq, seq_len, dim = input3d.shape
+    positions = n_seq * seq_len
+    n_mats = _n_mats(_rows.make(family, family_params))
+    rows = chunk_rows(weight.shape[0], input3d.dtype, input3d.device, chunk_size, n_mats)
+    return bool(needs[1]) and 0 < positions <= min(rows, dim)
+
+
 @dataclass
 class Tokens:
     """The valid tokens of a batch, compacted. ``rows`` index the flattened input."""
@@ -80,12 +102,28 @@ def compact(
     return Tokens(rows, input2d.index_select(0, rows), t, seq, xr)
 
 
+def _padded(t: Tensor, rows: int) -> Tensor:
+    """``t [n, k]`` with zero rows appended up to ``rows``; ``t`` itself if it has them."""
+    if t.shape[0] == rows:
+        return t
+    out = t.new_zeros(rows, t.shape[1])
+    out[: t.shape[0]] = t
+    return out
+
+
 class Head:
     """``weight (V, D)``, optional ``bias (V,)``, and gradient accumulators. ``dW`` and ``db``
     start as the first chunk's product (a ``V x D`` zero fill costs a GEMM's worth of memory
     traffic per call); low-precision weights accumulate them in fp32 across chunks."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, n_input: int, needs: Sequence[bool]) -> None:
+    def __init__(
+        self,
+        weight: Tensor,
+        bias: Tensor | None,
+        n_input: int,
+        needs: Sequence[bool],
+        defer_weight_grad: bool = False,
+    ) -> None:
         self.weight, self.bias = weight, bias
         self.acc = acc_dtype(weight.dtype)
         need_x, need_w, need_b = needs
@@ -94,6 +132,9 @@ class Head:
         self.gx = torch.zeros(n_input, weight.shape[1], dtype=weight.dtype, device=dev) if need_x else None
         self.gw: Tensor | None = None
         self.gb: Tensor | None = None
+        # the call is one chunk, whose (dZ, X) are kept for dW = dZ^T X (see weight_grad_factors)
+        self.defer_rows = n_input if need_w and defer_weight_grad else 0
+        self._factors: tuple[Tensor, Tensor] | None = None
         self._logits_buf: Tensor | None = None
 
     @property
@@ -132,7 +173,11 @@ class Head:
         the caller has it already."""
         if self.gx is not None:
             self.gx.index_copy_(0, rows, dz @ self.weight if dx is None else dx)
-        if self.need_w:
+        if self.defer_rows:
+            if self._factors is not None:
+                raise RuntimeError("a deferred weight gradient takes exactly one chunk")
+            self._factors = (_padded(dz, self.defer_rows), _padded(x, self.defer_rows))
+        elif self.need_w:
             if self.gw is None:
                 self.gw = (dz.t() @ x).to(self.acc)
             elif self.gw.dtype == dz.dtype:
@@ -143,10 +188,21 @@ class Head:
             db = dz.sum(0, dtype=self.acc)
             self.gb = db if self.gb is None else self.gb.add_(db)
 
+    def weight_grad_factors(self) -> tuple[Tensor, Tensor] | None:
+        """``(dZ [P, V], X [P, D])`` with ``dW = dZ^T X`` if the weight gradient was deferred
+        (rows past the valid tokens are zero), else None."""
+        if not self.defer_rows:
+            return None
+        if self._factors is None:  # no valid token
+            w = self.weight
+            return w.new_zeros(self.defer_rows, w.shape[0]), w.new_zeros(self.defer_rows, w.shape[1])
+        return self._factors
+
     def grads(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """``(dX, dW, dB)``, None where not wanted; dW is None if deferred."""
         w = self.weight
         gw = gb = None
-        if self.need_w:
+        if self.need_w and not self.defer_rows:
             gw = torch.zeros_like(w) if self.gw is None else self.gw.to(w.dtype)
         if self.need_b:
             gb = torch.zeros_like(self.bias) if self.gb is None else self.gb.to(w.dtype)
@@ -182,7 +238,9 @@ def build(
     family_params: Sequence[float],
     ignore_index: int,
     needs: Sequence[bool],
+    defer_weight_grad: bool = False,
 ) -> Problem:
+    """``defer_weight_grad``: see :func:`defers_weight_grad`."""
     n_seq, seq_len, dim = input3d.shape
     fam = _rows.make(family, family_params)
     ref2d = ref_input.reshape(n_seq * seq_len, -1) if fam.needs_ref else None
@@ -190,7 +248,7 @@ def build(
         input3d.reshape(-1, dim), target2d.reshape(-1), weight.shape[0], ignore_index, seq_len, ref2d
     )
     ref = Head(ref_weight, ref_bias, 0, (False, False, False)) if fam.needs_ref else None
-    head = Head(weight, bias, n_seq * seq_len, needs)
+    head = Head(weight, bias, n_seq * seq_len, needs, defer_weight_grad)
     return Problem(tok, head, ref, fam, n_seq, n_seq * seq_len, acc_dtype(input3d.dtype))
 
 
@@ -275,10 +333,10 @@ def sequence_bounds(counts: Tensor, rows: int) -> list[tuple[int, int]] | None:
     return bounds
 
 
-def _n_mats(p: Problem) -> int:
+def _n_mats(family) -> int:
     """``[C, V]`` matrices alive per chunk: policy logits, and reference logits if needed (a
     linear family forms only the reference's)."""
-    return 2 if p.ref is not None and not p.family.linear else 1
+    return 2 if family.needs_ref and not family.linear else 1
 
 
 def token_values(p: Problem, chunk: int | None) -> tuple[Tensor, Tensor]:
@@ -297,7 +355,7 @@ def token_values(p: Problem, chunk: int | None) -> tuple[Tensor, Tensor]:
             buf.index_copy_(0, rows, s)
         values.index_copy_(0, rows, p.family.value(stats))
 
-    rows = chunk_rows(p.head.weight.shape[0], p.tok.x.dtype, dev, chunk, _n_mats(p))
+    rows = chunk_rows(p.head.weight.shape[0], p.tok.x.dtype, dev, chunk, _n_mats(p.family))
     sweep(p, uniform_bounds(p.tok.rows.numel(), rows), keep)
     stacked = torch.stack(saved) if saved else torch.zeros(0, n_all, dtype=p.acc, device=dev)
     return values, stacked
@@ -309,7 +367,7 @@ def token_values_backward(
     """Recompute pass: gradients of ``sum(grad * values)`` for any upstream ``grad (N,)``."""
     coef = grad.index_select(0, p.tok.rows).to(p.acc)
     saved = tuple(s.index_select(0, p.tok.rows) for s in stats)
-    rows = chunk_rows(p.head.weight.shape[0], p.tok.x.dtype, p.tok.x.device, chunk, _n_mats(p))
+    rows = chunk_rows(p.head.weight.shape[0], p.tok.x.dtype, p.tok.x.device, chunk, _n_mats(p.family))
     sweep(p, uniform_bounds(p.tok.rows.numel(), rows), lambda s, e, _: coef[s:e], saved)
     return p.head.grads()
 
@@ -321,8 +379,8 @@ def sequence_loss(
     hparams: Sequence[float],
     reduction: str,
     chunk: int | None,
-) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
-    """Loss ``sum_b f(S_b)`` (scaled for ``reduction``) and its gradients.
+) -> Tensor:
+    """Loss ``sum_b f(S_b)`` (scaled for ``reduction``); its gradients accumulate in ``p.head``.
 
     Single pass (6·N·D·V FLOPs for the policy) when chunks can hold whole sequences (or
     ``f`` is linear): each chunk's coefficients ``df/dS_b`` are known once its statistics
@@ -331,7 +389,7 @@ def sequence_loss(
     tok, n_seq, acc = p.tok, p.n_seq, p.acc
     counts = torch.bincount(tok.seq, minlength=n_seq)
     scale = reduction_scale(objective, counts, reduction, acc)
-    rows = chunk_rows(p.head.weight.shape[0], tok.x.dtype, tok.x.device, chunk, _n_mats(p))
+    rows = chunk_rows(p.head.weight.shape[0], tok.x.dtype, tok.x.device, chunk, _n_mats(p.family))
     n = tok.rows.numel()
     total = torch.zeros((), dtype=acc, device=tok.x.device)
 
@@ -369,7 +427,7 @@ def sequence_loss(
             return None if grad is None else grad.index_select(0, tok.seq[start:end])
 
         sweep(p, bounds, single_pass)
-        return total, *p.head.grads()
+        return total
 
     bounds = uniform_bounds(n, rows)
     saved: list[Tensor] = []
@@ -385,15 +443,14 @@ def sequence_loss(
     if grad is not None:
         coef = grad.index_select(0, tok.seq)
         sweep(p, bounds, lambda s, e, _: coef[s:e], tuple(saved))
-    return total, *p.head.grads()
+    return total
 
 
-def dto_loss(
-    p: Problem, mask: Tensor, beta: float, kl_weight: float, chunk: int | None
-) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+def dto_loss(p: Problem, mask: Tensor, beta: float, kl_weight: float, chunk: int | None) -> Tensor:
     """DTO (reconstruction): token NPO on the target tokens (``mask``) averaged over them,
     plus ``kl_weight`` times KL to the reference averaged over the other valid tokens.
-    Token-level, so always one pass; ``p.family`` is the reference family."""
+    Token-level, so always one pass; ``p.family`` is the reference family. Gradients
+    accumulate in ``p.head``."""
     tok, acc = p.tok, p.acc
     on_target = mask.reshape(-1).index_select(0, tok.rows)
     n_target = on_target.sum().clamp(min=1).to(acc)
@@ -417,7 +474,7 @@ def dto_loss(
 
     rows = chunk_rows(p.head.weight.shape[0], tok.x.dtype, tok.x.device, chunk, 2)
     sweep(p, uniform_bounds(tok.rows.numel(), rows), chunk_loss)
-    return total, *p.head.grads()
+    return total
 
 
 def flatten_margins(p: Problem, chunk: int | None) -> tuple[Tensor, Tensor]:

@@ -13,8 +13,11 @@ reference-based losses ``ref_input [B, T, D_ref]``, ``ref_weight [V, D_ref]``, `
   ``dipo``: Delta_t; ``target_score``: the target's margin), differentiable for any
   upstream gradient by recompute (``token_values_backward``).
 - ``sequence_loss(..., params?, objective, hparams, ...) -> (loss, grad_input,
-  grad_weight, grad_bias)`` and ``dto_loss(...)``: gradients come out of the forward; the
-  backward only scales them by the incoming gradient.
+  grad_weight, grad_bias, grad_logits, grad_weight_input)`` and ``dto_loss(...)``: gradients
+  come out of the forward; the backward only scales them by the incoming gradient. Where
+  ``_chunked.defers_weight_grad`` holds (one chunk of at most ``D`` positions), ``grad_weight``
+  is empty and the backward forms it as ``grad_logits^T (g grad_weight_input)``
+  (``[B*T, V]``, ``[B*T, D]``, zero past the valid tokens); otherwise those two are empty.
 - ``flatten_margins(input [N, D], weight, bias?, target [N], ...) -> (margin [N],
   argmax [N])`` with a GEMM-free backward (``flatten_margins_backward``).
 
@@ -240,29 +243,68 @@ def _prescaled_setup(ctx, inputs, output) -> None:
     ctx.n_inputs = len(inputs)
 
 
+def _scaled(t: Tensor, grad_loss: Tensor, inplace: bool = False) -> Tensor:
+    """``t * grad_loss`` in ``t``'s dtype. fp16 cannot hold a GradScaler's first loss scale,
+    2^16, and a 0-dim GPU tensor is cast to the other operand's dtype, so in fp16 the scale
+    goes on as two factors, each at most 2^16 for scales below 2^32 and exact for powers of
+    two."""
+    if t.dtype != torch.float16:
+        g = grad_loss.to(t.dtype)
+        return t.mul_(g) if inplace else t * g
+    mantissa, exponent = torch.frexp(grad_loss.float())
+    low = torch.div(exponent, 2, rounding_mode="floor")
+    first = torch.ldexp(mantissa, exponent - low).to(t.dtype)
+    second = torch.ldexp(torch.ones_like(mantissa), low).to(t.dtype)
+    return (t.mul_(first) if inplace else t * first).mul_(second)
+
+
+def _deferred_weight_grad(dz: Tensor, x: Tensor, grad_loss: Tensor) -> Tensor:
+    """``dz^T (g x)``: ``g`` goes on the small factor, except in fp16, where ``g`` may be a
+    loss scale that overflows ``g x``; there the product is scaled in place."""
+    if x.dtype == torch.float16:
+        return _scaled(dz.t() @ x, grad_loss, inplace=True)
+    return dz.t() @ _scaled(x, grad_loss)
+
+
 def _prescaled_grad(ctx, grad_loss: Tensor, *unused: Tensor):
-    """The op returned d loss / d (input, weight, bias): scale them by the incoming gradient."""
+    """The op returned d loss / d (input, weight, bias), or the factors of d loss / d weight:
+    scale them by the incoming gradient."""
     if grad_loss is None:  # undefined, as gradcheck's undefined-gradient check passes it
         return (None,) * ctx.n_inputs
-    grads = [
-        g * grad_loss.to(g.dtype) if n else None
-        for g, n in zip(ctx.saved_tensors, ctx.needs_input_grad[:3], strict=True)
-    ]
+    gx, gw, gb, dz, xs = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    if need_w:
+        gw = _deferred_weight_grad(dz, xs, grad_loss) if dz.numel() else _scaled(gw, grad_loss)
+    grads = (
+        _scaled(gx, grad_loss) if need_x else None,
+        gw if need_w else None,
+        _scaled(gb, grad_loss) if need_b else None,
+    )
     return (*grads, *(None,) * (ctx.n_inputs - 3))
 
 
-def _loss_outputs(input: Tensor, result) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    loss, gx, gw, gb = result
+LossOutputs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+def _loss_outputs(input: Tensor, loss: Tensor, head: _chunked.Head) -> LossOutputs:
+    gx, gw, gb = head.grads()
+    dz, xs = head.weight_grad_factors() or (None, None)
     return (
         loss,
         _or_empty(None if gx is None else gx.view(input.shape), input),
-        _or_empty(gw, input),
-        _or_empty(gb, input),
+        *(_or_empty(t, input) for t in (gw, gb, dz, xs)),
     )
 
 
-def _fake_loss(input, weight, bias, needs):
-    return (input.new_empty((), dtype=_acc(input)), *_fake_grads(input, weight, bias, needs))
+def _fake_loss(input, weight, bias, needs, defer: bool) -> LossOutputs:
+    gx, gw, gb = _fake_grads(input, weight, bias, needs)
+    positions = input.shape[0] * input.shape[1]
+    if defer:
+        gw = input.new_empty(0)
+        factors = (input.new_empty(positions, weight.shape[0]), input.new_empty(positions, weight.shape[1]))
+    else:
+        factors = (input.new_empty(0), input.new_empty(0))
+    return (input.new_empty((), dtype=_acc(input)), gx, gw, gb, *factors)
 
 
 @torch.library.custom_op("unlearnx::sequence_loss", mutates_args=())
@@ -281,8 +323,9 @@ def sequence_loss(
     reduction: str,
     chunk_size: int | None,
     needs: list[bool],
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> LossOutputs:
     obj = _chunked.OBJECTIVES[objective]
+    family, fparams = obj.family, obj.family_params(hparams)
     with _autocast_off(input):
         p = _chunked.build(
             input,
@@ -292,13 +335,14 @@ def sequence_loss(
             ref_input,
             ref_weight,
             ref_bias,
-            obj.family,
-            obj.family_params(hparams),
+            family,
+            fparams,
             ignore_index,
             needs,
+            _chunked.defers_weight_grad(input, weight, family, fparams, chunk_size, needs),
         )
-        result = _chunked.sequence_loss(p, params, objective, hparams, reduction, chunk_size)
-    return _loss_outputs(input, result)
+        loss = _chunked.sequence_loss(p, params, objective, hparams, reduction, chunk_size)
+    return _loss_outputs(input, loss, p.head)
 
 
 @sequence_loss.register_fake
@@ -318,7 +362,11 @@ def _sequence_loss_fake(
     chunk_size,
     needs,
 ):
-    return _fake_loss(input, weight, bias, needs)
+    obj = _chunked.OBJECTIVES[objective]
+    defer = _chunked.defers_weight_grad(
+        input, weight, obj.family, obj.family_params(hparams), chunk_size, needs
+    )
+    return _fake_loss(input, weight, bias, needs, defer)
 
 
 sequence_loss.register_autograd(_prescaled_grad, setup_context=_prescaled_setup)
@@ -339,13 +387,14 @@ def dto_loss(
     ignore_index: int,
     chunk_size: int | None,
     needs: list[bool],
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> LossOutputs:
+    defer = _chunked.defers_weight_grad(input, weight, "kl", [], chunk_size, needs)
     with _autocast_off(input):
         p = _chunked.build(
-            input, weight, bias, target, ref_input, ref_weight, ref_bias, "kl", [], ignore_index, needs
+            input, weight, bias, target, ref_input, ref_weight, ref_bias, "kl", [], ignore_index, needs, defer
         )
-        result = _chunked.dto_loss(p, target_mask, beta, kl_weight, chunk_size)
-    return _loss_outputs(input, result)
+        loss = _chunked.dto_loss(p, target_mask, beta, kl_weight, chunk_size)
+    return _loss_outputs(input, loss, p.head)
 
 
 @dto_loss.register_fake
@@ -364,7 +413,8 @@ def _dto_loss_fake(
     chunk_size,
     needs,
 ):
-    return _fake_loss(input, weight, bias, needs)
+    defer = _chunked.defers_weight_grad(input, weight, "kl", [], chunk_size, needs)
+    return _fake_loss(input, weight, bias, needs, defer)
 
 
 dto_loss.register_autograd(_prescaled_grad, setup_context=_prescaled_setup)
