@@ -171,13 +171,16 @@ def test_one_chunk_of_at_most_d_positions_defers_the_weight_gradient(
 
 @pytest.mark.parametrize("case", PRESCALED_OPS, ids=[c.name for c in PRESCALED_OPS])
 @pytest.mark.parametrize("positions", [6, 10], ids=["dW_deferred", "dW_in_forward"])
-def test_fp16_gradients_survive_a_gradscaler_loss_scale(case: Case, positions: int, monkeypatch) -> None:
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA_ONLY)])
+def test_fp16_gradients_survive_a_gradscaler_loss_scale(
+    case: Case, positions: int, device: str, monkeypatch
+) -> None:
     # a GradScaler's first loss scale, 2^16, is above fp16's largest value: taken as one fp16
     # factor it made every gradient inf. And 2^16 times hidden states above 1 overflows fp16,
     # so the deferred dW = dZ^T (g X) scales after its GEMM in fp16. Scaling by a power of
     # two is exact: the scaled gradients are the unscaled ones times 2^16, bit for bit.
     decided = _record_weight_grad_deferral(monkeypatch)
-    p = make_problem(B=2, T=positions // 2, D=8, V=37, seed=6)
+    p = make_problem(B=2, T=positions // 2, D=8, V=37, seed=6, device=device)
     x, w, b = p.leaves(torch.float16)
     assert x.abs().max() > 1
     unit = torch.autograd.grad(case.call(case.fused, p, x, w, b), (x, w, b))
@@ -517,9 +520,10 @@ def test_property_npo_and_nll_match_reference(B, T, D, V, chunk, ignore_frac, se
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("chunk_size", [7, None])
-def test_cuda_matches_reference(case: Case, dtype: torch.dtype, chunk_size: int | None) -> None:
+@pytest.mark.parametrize("T", [40, 16], ids=["B*T>D", "B*T<=D"])  # chunk None, B*T <= D: dW deferred
+def test_cuda_matches_reference(case: Case, dtype: torch.dtype, chunk_size: int | None, T: int) -> None:
     assert CUDA
-    p = make_problem(B=4, T=40, D=64, V=32003, device="cuda", seed=5)
+    p = make_problem(B=4, T=T, D=64, V=32003, device="cuda", seed=5)
     params = p.leaves(dtype)
     truth = _loss_and_grads(
         case, case.ref, p, [t.detach().double().requires_grad_() for t in params], ref_round=dtype
