@@ -114,7 +114,8 @@ def _padded(t: Tensor, rows: int) -> Tensor:
 class Head:
     """``weight (V, D)``, optional ``bias (V,)``, and gradient accumulators. ``dW`` and ``db``
     start as the first chunk's product (a ``V x D`` zero fill costs a GEMM's worth of memory
-    traffic per call); low-precision weights accumulate them in fp32 across chunks."""
+    traffic per call); low-precision weights accumulate ``dW`` in fp32 from the second chunk
+    on, and ``db`` in fp32."""
 
     def __init__(
         self,
@@ -179,10 +180,11 @@ class Head:
             self._factors = (_padded(dz, self.defer_rows), _padded(x, self.defer_rows))
         elif self.need_w:
             if self.gw is None:
-                self.gw = (dz.t() @ x).to(self.acc)
-            elif self.gw.dtype == dz.dtype:
+                self.gw = dz.t() @ x  # in the GEMM's dtype: a single chunk needs no fp32 copy
+            elif self.gw.dtype == dz.dtype == self.acc:
                 self.gw.addmm_(dz.t(), x)
-            else:
+            else:  # a second low-precision chunk: accumulate in fp32 from here on
+                self.gw = self.gw.to(self.acc)
                 self.gw += dz.t() @ x
         if self.need_b:
             db = dz.sum(0, dtype=self.acc)
