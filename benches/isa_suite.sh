@@ -10,8 +10,11 @@
 #   cores 2-3    the same with everything held to AVX2 (below)           -> cpu-nll-avx2held.json
 #                (SKIP_BEST=1: the held run only, torch.compile's on cores 0-1 in a process
 #                of its own                                              -> ...-compiled.json)
-#   cores 4-9    the quick demo on the CPU, seeds 0-2 at once, held to AVX2, then the same at
-#                the best level                                          -> demos.log
+#   cores 4-9    the quick demos on the CPU, DEMOS (default "held:0 held:1 held:2 best:0
+#                best:1 best:2"; held: held to AVX2, best: the best level), dealt in turn to
+#                the core pairs 4-5, 6-7, 8-9, 10-11, 12-13, 14-15; each pair runs its share one
+#                after another, and the pairs from 10 on start once the tests are done
+#                                                                        -> demos.log
 #   cores 10-15  the kernel, loss and ISA tests on every level the CPU runs (and CUDA where
 #                built), under pytest-xdist                              -> tests.log
 # "Held to AVX2" is how this machine reproduces an AVX2-only one: UNLEARNX_CPU_ISA=avx2 for the
@@ -25,7 +28,8 @@
 # Sizing: a benchmark writes its records once every implementation of an N is timed. With the
 # defaults every N finished in runs 1-2 on the H100 host; with five implementations (CHUNKS of
 # three sizes) at REPEATS=4 the held-to-AVX2 one was still in N=8192 at SUITE_SECONDS=520 (run 3,
-# benches/results/isa-h100-2026-11-26-run3/). Each quick demo takes about 100 s on 2 cores.
+# benches/results/isa-h100-2026-11-26-run3/). Each quick demo takes about 100 s on 2 cores, so
+# twelve DEMOS take about two rounds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:?usage: isa_suite.sh OUT}"
@@ -66,20 +70,27 @@ bench() {  # cores name "impls" [env...]
   echo "bench $name: rc $?, $(grep -c '"loss"' "$OUT/$name.json" 2> /dev/null || echo 0) records" >> "$LOG"
 }
 
-demos() {  # label [env...]: seeds 0-2 at once on cores 4-9
-  local label=$1 seed pids=()
+demo() {  # label seed first-core: one quick demo on the CPU; its table goes to demos.log
+  local label=$1 seed=$2 core=$3 run=(env CUDA_VISIBLE_DEVICES=) log="/tmp/demo-$1-$2.log"
+  # on the CPU: with a GPU in sight the trainer would move the demo's model onto it
+  [ "$label" = held ] && run+=("${AVX2[@]:1}")
+  timeout "$(left)" "${run[@]}" taskset -c "$core,$((core + 1))" "$PY" -m unlearnx.cli demo --quick \
+    --seed "$seed" --out "/tmp/demo-$label-$seed" > "$log" 2>&1
+  local rc=$?
+  # one append per demo, so that the tables of demos ending together do not interleave
+  { echo "== demo --quick --seed $seed, $label, cores $core-$((core + 1)): rc $rc"
+    grep -v -e "it/s]" -e "s/it]" "$log" | tail -n 14; } > "$log.table"
+  cat "$log.table" >> "$OUT/demos.log"
+}
+
+demo_pair() {  # pair (0-5) entries...: this pair's share of DEMOS, one after another
+  local core=$((4 + 2 * $1)) entry
   shift
-  for seed in 0 1 2; do
-    timeout "$(left)" "$@" taskset -c $((4 + 2 * seed)),$((5 + 2 * seed)) "$PY" -m unlearnx.cli demo \
-      --quick --seed "$seed" --out "/tmp/demo-$label-$seed" > "/tmp/demo-$label-$seed.log" 2>&1 &
-    pids+=($!)
-  done
-  for seed in 0 1 2; do
-    wait "${pids[$seed]}"
-    {
-      echo "== demo --quick --seed $seed, $label: rc $?"
-      grep -v -e "it/s]" -e "s/it]" "/tmp/demo-$label-$seed.log" | tail -n 14
-    } >> "$OUT/demos.log"
+  for entry in "$@"; do
+    case "$entry" in
+      held:* | best:*) demo "${entry%%:*}" "${entry#*:}" "$core" ;;
+      *) echo "DEMOS: '$entry' is not held:SEED or best:SEED" >> "$LOG" ;;
+    esac
   done
 }
 
@@ -91,14 +102,23 @@ else
   bench 0,1 cpu-nll-best "fused compiled cce" &
   bench 2,3 cpu-nll-avx2held "fused compiled cce" "${AVX2[@]}" &
 fi
-# on the CPU: with a GPU in sight the trainer would move the demo's model onto it
-(demos avx2held env CUDA_VISIBLE_DEVICES= "${AVX2[@]:1}" && demos best env CUDA_VISIBLE_DEVICES=) &
+read -ra demo_list <<< "${DEMOS:-held:0 held:1 held:2 best:0 best:1 best:2}"
+shares=()
+for i in "${!demo_list[@]}"; do shares[i % 6]+=" ${demo_list[i]}"; done
+for pair in 0 1 2; do
+  # shellcheck disable=SC2086
+  demo_pair "$pair" ${shares[pair]:-} &
+done
 # 3 workers of 2 threads on 6 cores; under pytest-xdist a test that crashes its process fails alone
 workers=()
 "$PY" -c "import xdist" 2> /dev/null && workers=(-n 3)
 timeout "$(left)" taskset -c 10-15 "$PY" -m pytest -q -rs -p no:cacheprovider "${workers[@]}" tests/test_kernels.py \
   tests/test_functional.py tests/test_cpu_isa.py tests/test_toolchain.py > "$OUT/tests.log" 2>&1
 echo "tests: rc $?, $(tail -n 1 "$OUT/tests.log")" >> "$LOG"
+for pair in 3 4 5; do
+  # shellcheck disable=SC2086
+  demo_pair "$pair" ${shares[pair]:-} &
+done
 wait
 echo "done in $(($(date +%s) - START)) s; files: $(ls "$OUT" | tr '\n' ' ')" >> "$LOG"
 cat "$LOG"
