@@ -6,7 +6,10 @@ the same run. Implementations that cannot run a loss here are skipped with a mes
     python -m benches.run --device cpu --losses npo nll --B 4 --T 256 1024 --D 512 --V 32000
 
 ``--chunk-size 524 1048 auto`` times the fused loss at each chunk size (``fused@524``, ...) in
-the same interleaved rounds as the others, to choose chunk shapes on a given CPU.
+the same interleaved rounds as the others, to choose chunk shapes on a given CPU;
+``--cpu-vocab-block auto whole 4096`` does the same for the CPU logits GEMM's vocabulary blocks
+(``fused@vbauto``, ``fused@vbwhole``, ``fused@vb4096``: KiB of weight rows per block, or one
+GEMM over the whole vocabulary), and both together time every pair (``fused@524,vbwhole``).
 
 Writes ``benches/results/<name>.json`` (a list of records ``{loss, impl, device, dtype, N, D,
 V, ms, fwd_ms, bwd_ms, peak_extra_mb, floor_ms, floor_ratio, tflops, ...}``), a Markdown
@@ -77,8 +80,8 @@ class Prepared:
     peak_extra_mb: float
 
 
-def prepare(loss: str, impl: str, inp, device: torch.device, chunk_size: int | None) -> Prepared:
-    fwd = forward(loss, impl, inp, chunk_size)
+def prepare(loss: str, impl: str, inp, device: torch.device, variant: Variant) -> Prepared:
+    fwd = forward(loss, impl, inp, variant.chunk_size, variant.vocab_block_kib)
 
     def total() -> None:
         fwd().backward()
@@ -128,15 +131,48 @@ def chunk_size(text: str) -> int | None:
     return rows
 
 
-def fused_variants(chunk_sizes: Sequence[int | None]) -> dict[str, int | None]:
-    """``{impl name: chunk rows}`` of the fused loss: ``fused`` for one chunk size, and
-    ``fused@<rows>`` / ``fused@auto`` for each of several, so they are timed side by side."""
-    if len(chunk_sizes) == 1:
-        return {"fused": chunk_sizes[0]}
-    names = [f"fused@{'auto' if c is None else c}" for c in chunk_sizes]
-    if len(set(names)) != len(names):
-        raise ValueError(f"--chunk-size: repeated value in {names}")
-    return dict(zip(names, chunk_sizes, strict=True))
+def vocab_block(text: str) -> int | None:
+    """A ``--cpu-vocab-block`` value: KiB of weight rows per block of the CPU logits GEMM,
+    ``whole`` (0: one GEMM over the vocabulary) or ``auto`` (None: the library's)."""
+    if text in ("auto", "whole"):
+        return None if text == "auto" else 0
+    try:
+        kib = int(text)
+    except ValueError:
+        kib = 0
+    if kib < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive KiB count, 'whole' or 'auto', got {text!r}")
+    return kib
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One setting of the fused loss: chunk rows and CPU vocabulary block KiB (None: auto)."""
+
+    chunk_size: int | None = None
+    vocab_block_kib: int | None = None
+
+
+def fused_variants(
+    chunk_sizes: Sequence[int | None], vocab_blocks: Sequence[int | None] = (None,)
+) -> dict[str, Variant]:
+    """``{impl name: Variant}`` of the fused loss: ``fused`` for one chunk size and one
+    vocabulary block, else ``fused@<rows>``, ``fused@vb<KiB>`` or ``fused@<rows>,vb<KiB>``
+    (``auto``, ``whole`` for the defaults) for each pair, so they are timed side by side."""
+
+    def label(value: int | None, flag: str) -> str:
+        return "auto" if value is None else "whole" if flag == "vb" and value == 0 else str(value)
+
+    variants = {}
+    for c in chunk_sizes:
+        for v in vocab_blocks:
+            parts = [label(c, "")] if len(chunk_sizes) > 1 else []
+            parts += [f"vb{label(v, 'vb')}"] if len(vocab_blocks) > 1 else []
+            name = f"fused@{','.join(parts)}" if parts else "fused"
+            if name in variants:
+                raise ValueError(f"--chunk-size / --cpu-vocab-block: repeated value in {name}")
+            variants[name] = Variant(c, v)
+    return variants
 
 
 def is_fused(impl: str) -> bool:
@@ -148,7 +184,7 @@ def run(
 ) -> list[dict]:
     """Measures every (T, loss, impl); calls ``on_record`` with the records so far after each."""
     device = torch.device(args.device)
-    variants = fused_variants(args.chunk_size)
+    variants = fused_variants(args.chunk_size, args.cpu_vocab_block)
     records = []
     for T in args.T:
         inp = INPUTS[args.inputs](
@@ -177,9 +213,9 @@ def run(
                 if reason is not None:
                     print(f"skipping {impl} for {loss}: {reason}", file=sys.stderr, flush=True)
                     continue
-                for name, rows in variants.items() if impl == "fused" else [(impl, None)]:
+                for name, variant in variants.items() if impl == "fused" else [(impl, Variant())]:
                     try:
-                        prepared[name] = prepare(loss, impl, inp, device, rows)
+                        prepared[name] = prepare(loss, impl, inp, device, variant)
                     except torch.OutOfMemoryError:
                         # the reference at long contexts is the point of the comparison: record it
                         records.append({**base, "impl": name, "oom": True})
@@ -199,7 +235,8 @@ def run(
                     tflops=round(flops / m["ms"] / 1e9, 4),
                     flop_accounting=f"{factor}*N*D*V",
                     timing=f"median of {args.repeats} interleaved rounds",
-                    chunk_size=variants[impl] if is_fused(impl) else None,
+                    chunk_size=variants[impl].chunk_size if is_fused(impl) else None,
+                    cpu_vocab_block_kib=variants[impl].vocab_block_kib if is_fused(impl) else None,
                     torch=torch.__version__,
                     unlearnx=unlearnx.__version__,
                 )
@@ -301,6 +338,15 @@ def main(argv: list[str] | None = None) -> None:
         default=[None],
         help="fused chunk rows, or auto (the memory budget's; the default); several values time "
         "fused@<rows> variants side by side",
+    )
+    ap.add_argument(
+        "--cpu-vocab-block",
+        type=vocab_block,
+        nargs="+",
+        default=[None],
+        help="KiB of weight rows per block of the fused loss's CPU logits GEMM, whole (one GEMM) "
+        "or auto (the library's; the default); several values time fused@vb<KiB> variants side "
+        "by side",
     )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument(
