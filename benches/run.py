@@ -118,31 +118,30 @@ def measure(prepared: dict[str, Prepared], device: torch.device, repeats: int) -
 INPUTS = {"model": model_inputs, "random": random_inputs}
 
 
+def _count_or_word(text: str, words: dict[str, int | None], unit: str) -> int | None:
+    """A positive integer argument, or one of ``words`` (given as its value)."""
+    if text in words:
+        return words[text]
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        options = [f"a positive {unit}", *map(repr, words)]
+        expected = f"{', '.join(options[:-1])} or {options[-1]}"
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return count
+
+
 def chunk_size(text: str) -> int | None:
     """A ``--chunk-size`` value: rows per chunk, or ``auto`` (None: the memory budget's)."""
-    if text == "auto":
-        return None
-    try:
-        rows = int(text)
-    except ValueError:
-        rows = 0
-    if rows < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive row count or 'auto', got {text!r}")
-    return rows
+    return _count_or_word(text, {"auto": None}, "row count")
 
 
 def vocab_block(text: str) -> int | None:
     """A ``--cpu-vocab-block`` value: KiB of weight rows per block of the CPU logits GEMM,
     ``whole`` (0: one GEMM over the vocabulary) or ``auto`` (None: the library's)."""
-    if text in ("auto", "whole"):
-        return None if text == "auto" else 0
-    try:
-        kib = int(text)
-    except ValueError:
-        kib = 0
-    if kib < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive KiB count, 'whole' or 'auto', got {text!r}")
-    return kib
+    return _count_or_word(text, {"whole": 0, "auto": None}, "KiB count")
 
 
 @dataclass(frozen=True)
