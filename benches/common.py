@@ -29,6 +29,7 @@ __all__ = [
     "forward",
     "gemm_floor",
     "interleaved_median_ms",
+    "measured",
     "median_ms",
     "model_inputs",
     "peak_extra_mb",
@@ -133,6 +134,12 @@ def _dipo(mod, inp: Inputs, **kw):
 
 def _dto(mod, inp: Inputs, **kw):
     return mod.dto_loss(inp.x, inp.w, inp.t, inp.xr, inp.wr, inp.mask, **kw)
+
+
+def measured(record: dict) -> bool:
+    """Whether a results record holds timings: not one of an implementation that ran out of
+    memory (``oom``) or could not be built (``failed``: why)."""
+    return not (record.get("oom") or record.get("failed"))
 
 
 # CPU_VOCAB_BLOCK_BYTES that puts any vocabulary in one block: one logits GEMM

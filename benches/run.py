@@ -44,6 +44,7 @@ from benches.common import (
     forward,
     gemm_floor,
     interleaved_median_ms,
+    measured,
     median_ms,
     model_inputs,
     peak_extra_mb,
@@ -221,6 +222,14 @@ def run(
                         print(json.dumps(records[-1]), flush=True)
                         on_record(records)
                         torch.cuda.empty_cache()
+                    except torch._dynamo.exc.BackendCompilerFailed as e:
+                        # e.g. torch 2.13's Inductor at ATEN_CPU_CAPABILITY=default emits at::vec
+                        # code it then cannot compile: the others are still worth timing
+                        inner = e.inner_exception
+                        why = f"torch.compile failed: {type(inner).__name__}: {str(inner).splitlines()[0]}"
+                        records.append({**base, "impl": name, "failed": why})
+                        print(why, file=sys.stderr, flush=True)
+                        on_record(records)
             for impl, m in measure(prepared, device, args.repeats).items():
                 factor = (FUSED_FLOP_FACTOR if is_fused(impl) else FLOP_FACTOR)[loss]
                 flops = factor * n * args.D * args.V
@@ -255,10 +264,10 @@ def markdown(records: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
-        if r.get("oom"):
+        if not measured(r):
             lines.append(
                 f"| {r['loss']} | {r['N']} | {r['D']} | {r['V']} | {r['dtype']} | {r['impl']} | "
-                "out of memory | | | | | |"
+                f"{'out of memory' if r.get('oom') else r['failed']} | | | | | |"
             )
             continue
         lines.append(
@@ -267,7 +276,7 @@ def markdown(records: list[dict]) -> str:
             f"| {r['tflops']:.3f} |"
         )
     by_key: dict = {}
-    for r in (r for r in records if not r.get("oom")):
+    for r in filter(measured, records):
         by_key.setdefault((r["loss"], r["N"]), {})[r["impl"]] = r
     ratios = [
         f"- {loss} N={n}: {f}/reference time {v[f]['ms'] / v['reference']['ms']:.2f}x, "
@@ -294,7 +303,7 @@ def plot(records: list[dict], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
-    ok = [r for r in records if not r.get("oom")]
+    ok = list(filter(measured, records))
     keys = sorted({(r["loss"], r["impl"]) for r in ok})
     losses = sorted({loss for loss, _ in keys})
     styles = {"fused": "-", "reference": "--", "compiled": ":"}

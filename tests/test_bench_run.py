@@ -97,3 +97,37 @@ def test_repeated_chunk_sizes_are_an_error() -> None:
         run.fused_variants([1048, 1048])
     with pytest.raises(ValueError, match="repeated value in fused@vbwhole"):
         run.fused_variants([None], [0, 0])
+
+
+def test_an_implementation_that_torch_compile_cannot_build_is_recorded_and_the_rest_timed(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The Inductor build failure seen at ATEN_CPU_CAPABILITY=default (torch 2.13), injected:
+    the compiled record says why, fused and the reference are still timed and compared."""
+    import torch._dynamo.exc
+
+    from benches import common
+
+    real_forward = common.forward
+
+    def failing_compile(loss, impl, inp, *args):
+        if impl == "compiled":
+            raise torch._dynamo.exc.BackendCompilerFailed(
+                lambda: None, RuntimeError("C++ compile error\nat::vec has not been declared"), None
+            )
+        return real_forward(loss, impl, inp, *args)
+
+    monkeypatch.setattr(run, "forward", failing_compile)
+    run.main(
+        [
+            *("--losses", "nll", "--impls", "fused", "compiled", "reference", "--inputs", "random"),
+            *("--B", "2", "--T", "8", "--D", "8", "--V", "40", "--repeats", "1"),
+            *("--formats", "json", "md", "--out-dir", str(tmp_path)),
+        ]
+    )
+    by_impl = {r["impl"]: r for r in json.loads((tmp_path / "cpu-nll.json").read_text())}
+    assert by_impl["compiled"]["failed"] == "torch.compile failed: RuntimeError: C++ compile error"
+    assert "ms" not in by_impl["compiled"] and by_impl["fused"]["ms"] > 0 and by_impl["reference"]["ms"] > 0
+    table = (tmp_path / "cpu-nll.md").read_text()
+    assert "| compiled | torch.compile failed: RuntimeError: C++ compile error |" in table
+    assert "fused/reference time" in table and "fused/compiled" not in table
