@@ -160,14 +160,14 @@ def fused_variants(
     vocabulary block, else ``fused@<rows>``, ``fused@vb<KiB>`` or ``fused@<rows>,vb<KiB>``
     (``auto``, ``whole`` for the defaults) for each pair, so they are timed side by side."""
 
-    def label(value: int | None, flag: str) -> str:
-        return "auto" if value is None else "whole" if flag == "vb" and value == 0 else str(value)
+    def label(value: int | None, zero: str = "0") -> str:
+        return "auto" if value is None else zero if value == 0 else str(value)
 
     variants = {}
     for c in chunk_sizes:
         for v in vocab_blocks:
-            parts = [label(c, "")] if len(chunk_sizes) > 1 else []
-            parts += [f"vb{label(v, 'vb')}"] if len(vocab_blocks) > 1 else []
+            parts = [label(c)] if len(chunk_sizes) > 1 else []
+            parts += [f"vb{label(v, zero='whole')}"] if len(vocab_blocks) > 1 else []
             name = f"fused@{','.join(parts)}" if parts else "fused"
             if name in variants:
                 raise ValueError(f"--chunk-size / --cpu-vocab-block: repeated value in {name}")
@@ -226,7 +226,8 @@ def run(
                         # e.g. torch 2.13's Inductor at ATEN_CPU_CAPABILITY=default emits at::vec
                         # code it then cannot compile: the others are still worth timing
                         inner = e.inner_exception
-                        why = f"torch.compile failed: {type(inner).__name__}: {str(inner).splitlines()[0]}"
+                        first_line = str(inner).partition("\n")[0]
+                        why = f"torch.compile failed: {type(inner).__name__}: {first_line}"
                         records.append({**base, "impl": name, "failed": why})
                         print(why, file=sys.stderr, flush=True)
                         on_record(records)
