@@ -26,9 +26,12 @@ dtype (``Z = X W^T``, ``dX = dZ W``, ``dW = dZ^T X``, 6·N·D·V), timed here an
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
 import platform
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,8 +226,8 @@ def run(
                         on_record(records)
                         torch.cuda.empty_cache()
                     except torch._dynamo.exc.BackendCompilerFailed as e:
-                        # e.g. torch 2.13's Inductor at ATEN_CPU_CAPABILITY=default emits at::vec
-                        # code it then cannot compile: the others are still worth timing
+                        # (seen with an Inductor cache shared across ATen CPU capabilities, which
+                        # isolate_inductor_cache now avoids): the others are still worth timing
                         inner = e.inner_exception
                         first_line = str(inner).partition("\n")[0]
                         why = f"torch.compile failed: {type(inner).__name__}: {first_line}"
@@ -327,6 +330,18 @@ def plot(records: list[dict], path: Path) -> Path:
     return path
 
 
+def isolate_inductor_cache() -> str:
+    """Points torch.compile at a cache of its own per ATen CPU capability, unless
+    ``TORCHINDUCTOR_CACHE_DIR`` is set; returns the folder. Run at ``ATEN_CPU_CAPABILITY=default``
+    after AVX2 runs had filled the shared default cache, the compiled reference failed to build
+    (``'at::vec' has not been declared``, torch 2.13), and built in a fresh folder."""
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        level = torch.backends.cpu.get_cpu_capability().lower()
+        folder = Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}_{level}"
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -377,6 +392,7 @@ def main(argv: list[str] | None = None) -> None:
         "--out-dir", type=Path, default=RESULTS, help="folder for the results (default benches/results)"
     )
     args = ap.parse_args(argv)
+    isolate_inductor_cache()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.name or f"{args.device}-{'-'.join(args.losses)}"
 

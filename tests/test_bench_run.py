@@ -4,6 +4,7 @@ argument errors."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -102,8 +103,9 @@ def test_repeated_chunk_sizes_are_an_error() -> None:
 def test_an_implementation_that_torch_compile_cannot_build_is_recorded_and_the_rest_timed(
     tmp_path: Path, monkeypatch
 ) -> None:
-    """The Inductor build failure seen at ATEN_CPU_CAPABILITY=default (torch 2.13), injected:
-    the compiled record says why, fused and the reference are still timed and compared."""
+    """A torch.compile build failure (as a cache shared across ATen CPU capabilities caused),
+    injected: the compiled record says why, fused and the reference are still timed and
+    compared."""
     import torch._dynamo.exc
 
     from benches import common
@@ -131,3 +133,17 @@ def test_an_implementation_that_torch_compile_cannot_build_is_recorded_and_the_r
     table = (tmp_path / "cpu-nll.md").read_text()
     assert "| compiled | torch.compile failed: RuntimeError: C++ compile error |" in table
     assert "fused/reference time" in table and "fused/compiled" not in table
+
+
+def test_torch_compile_gets_a_cache_of_its_own_per_aten_level(monkeypatch) -> None:
+    """A cache shared across ATen CPU capabilities broke the compiled reference's build at
+    ATEN_CPU_CAPABILITY=default; a folder set by the user is kept."""
+    import torch
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "placeholder")  # restored after the test
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    folder = run.isolate_inductor_cache()
+    assert folder.endswith("_" + torch.backends.cpu.get_cpu_capability().lower())
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == folder
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/mine")
+    assert run.isolate_inductor_cache() == "/tmp/mine"
