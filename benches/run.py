@@ -178,6 +178,15 @@ def fused_variants(
     return variants
 
 
+def _failure(e: Exception) -> dict:
+    """The record fields of an implementation that could not be timed: ``oom`` or ``failed``."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return {"oom": True}
+    inner = e.inner_exception
+    first_line = str(inner).partition("\n")[0]
+    return {"failed": f"torch.compile failed: {type(inner).__name__}: {first_line}"}
+
+
 def is_fused(impl: str) -> bool:
     return impl == "fused" or impl.startswith("fused@")
 
@@ -219,21 +228,14 @@ def run(
                 for name, variant in variants.items() if impl == "fused" else [(impl, Variant())]:
                     try:
                         prepared[name] = prepare(loss, impl, inp, device, variant)
-                    except torch.OutOfMemoryError:
-                        # the reference at long contexts is the point of the comparison: record it
-                        records.append({**base, "impl": name, "oom": True})
+                    except (torch.OutOfMemoryError, torch._dynamo.exc.BackendCompilerFailed) as e:
+                        # the reference out of memory at long contexts is the point of the
+                        # comparison, and a build failure (seen with an Inductor cache shared
+                        # across ATen CPU capabilities) leaves the others worth timing: record it
+                        records.append({**base, "impl": name, **_failure(e)})
                         print(json.dumps(records[-1]), flush=True)
                         on_record(records)
                         torch.cuda.empty_cache()
-                    except torch._dynamo.exc.BackendCompilerFailed as e:
-                        # (seen with an Inductor cache shared across ATen CPU capabilities, which
-                        # isolate_inductor_cache now avoids): the others are still worth timing
-                        inner = e.inner_exception
-                        first_line = str(inner).partition("\n")[0]
-                        why = f"torch.compile failed: {type(inner).__name__}: {first_line}"
-                        records.append({**base, "impl": name, "failed": why})
-                        print(why, file=sys.stderr, flush=True)
-                        on_record(records)
             for impl, m in measure(prepared, device, args.repeats).items():
                 factor = (FUSED_FLOP_FACTOR if is_fused(impl) else FLOP_FACTOR)[loss]
                 flops = factor * n * args.D * args.V

@@ -183,7 +183,7 @@ class Head:
                 self.gw = dz.t() @ x  # in the GEMM's dtype: a single chunk needs no fp32 copy
             elif self.gw.dtype == dz.dtype == self.acc:
                 self.gw.addmm_(dz.t(), x)
-            else:  # a second low-precision chunk: accumulate in fp32 from here on
+            else:  # low precision past the first chunk: dW goes to fp32 once, then accumulates
                 self.gw = self.gw.to(self.acc)
                 self.gw += dz.t() @ x
         if self.need_b:
