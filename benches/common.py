@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-from unlearnx import _chunked
 from unlearnx import functional as F
 from unlearnx import reference as R
 from unlearnx.models import tiny_llama
@@ -142,9 +141,6 @@ def measured(record: dict) -> bool:
     return not (record.get("oom") or record.get("failed"))
 
 
-# CPU_VOCAB_BLOCK_BYTES that puts any vocabulary in one block: one logits GEMM
-WHOLE_VOCAB = 1 << 62
-
 LOSSES: dict[str, Callable] = {
     "nll": _nll,
     "npo": _npo,
@@ -218,17 +214,11 @@ def unavailable(loss: str, impl: str, device: torch.device) -> str | None:
     return None
 
 
-def forward(
-    loss: str, impl: str, inp: Inputs, chunk_size: int | None = None, vocab_block_kib: int | None = None
-) -> Callable[[], torch.Tensor]:
+def forward(loss: str, impl: str, inp: Inputs, chunk_size: int | None = None) -> Callable[[], torch.Tensor]:
     """A closure computing ``loss`` with ``impl``: "fused", "reference", "compiled" (the
-    reference under ``torch.compile``) or a baseline of ``BASELINES`` (nll only).
-    ``vocab_block_kib``: the fused loss's CPU logits GEMM in blocks of that many KiB of weight
-    rows (0: one GEMM) instead of the library's ``CPU_VOCAB_BLOCK_BYTES``."""
+    reference under ``torch.compile``) or a baseline of ``BASELINES`` (nll only)."""
     if impl not in IMPLS:
         raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
-    if vocab_block_kib is not None and impl != "fused":
-        raise ValueError(f"vocab_block_kib: only the fused loss has vocabulary blocks, not {impl!r}")
     if impl in BASELINES:
         reason = unavailable(loss, impl, inp.x.device)
         if reason is not None:
@@ -246,16 +236,7 @@ def forward(
 
     def run() -> torch.Tensor:
         inp.x.grad = inp.w.grad = None
-        if vocab_block_kib is None:
-            return LOSSES[loss](mod, inp, **kw)
-        # the blocks are a module setting (the fused op computes its logits, and so uses them,
-        # in the forward only), set for this call alone
-        saved = _chunked.CPU_VOCAB_BLOCK_BYTES
-        _chunked.CPU_VOCAB_BLOCK_BYTES = (vocab_block_kib << 10) or WHOLE_VOCAB
-        try:
-            return LOSSES[loss](mod, inp, **kw)
-        finally:
-            _chunked.CPU_VOCAB_BLOCK_BYTES = saved
+        return LOSSES[loss](mod, inp, **kw)
 
     return run
 

@@ -24,11 +24,10 @@
 # Packages the host lacks (rouge_score, nltk, cut-cross-entropy) come as wheels in .whl/ (see
 # benches/gpu_suite.sh). Every job stops at SUITE_SECONDS (default 480) after the start.
 # CHUNKS="auto 1048 2096" times the fused loss at each chunk size side by side (fused@<rows>;
-# default: auto, the memory budget's), VOCAB_BLOCKS="auto whole" its CPU logits GEMM in the
-# library's vocabulary blocks and in one GEMM (fused@vb...; default auto); REPEATS (default 3)
-# interleaved rounds per timing; TS (default "128 512 2048") the sequence lengths, N = 4 T.
-# DEMOS="" runs no demo, TESTS=0 no test: a quieter machine for the benchmarks, e.g.
-#   DEMOS= TESTS=0 TS=128 REPEATS=21 VOCAB_BLOCKS="auto whole" bash benches/isa_suite.sh OUT
+# default: auto, the memory budget's); REPEATS (default 3) interleaved rounds per timing; TS
+# (default "128 512 2048") the sequence lengths, N = 4 T. DEMOS="" runs no demo, TESTS=0 no
+# test: a quieter machine for the benchmarks, e.g.
+#   DEMOS= TESTS=0 TS=128 REPEATS=21 bash benches/isa_suite.sh OUT
 # Sizing: a benchmark writes its records once every implementation of an N is timed. With the
 # defaults every N finished in runs 1-2 on the H100 host; with five implementations (CHUNKS of
 # three sizes) at REPEATS=4 the held-to-AVX2 one was still in N=8192 at SUITE_SECONDS=520 (run 3,
@@ -69,8 +68,7 @@ bench() {  # cores name "impls" [env...]
   # shellcheck disable=SC2086
   timeout "$(left)" env TORCHINDUCTOR_CACHE_DIR="/tmp/inductor-$name" "$@" taskset -c "$cores" \
     "$PY" -m benches.run --device cpu --losses nll --impls $impls --chunk-size ${CHUNKS:-auto} \
-    --cpu-vocab-block ${VOCAB_BLOCKS:-auto} --B 4 --T ${TS:-128 512 2048} --D 512 --V 32000 \
-    --repeats "${REPEATS:-3}" \
+    --B 4 --T ${TS:-128 512 2048} --D 512 --V 32000 --repeats "${REPEATS:-3}" \
     --formats json --name "$name" --out-dir "$OUT" >> "$OUT/$name.log" 2>&1
   echo "bench $name: rc $?, $(grep -c '"loss"' "$OUT/$name.json" 2> /dev/null || echo 0) records" >> "$LOG"
 }

@@ -6,10 +6,7 @@ the same run. Implementations that cannot run a loss here are skipped with a mes
     python -m benches.run --device cpu --losses npo nll --B 4 --T 256 1024 --D 512 --V 32000
 
 ``--chunk-size 524 1048 auto`` times the fused loss at each chunk size (``fused@524``, ...) in
-the same interleaved rounds as the others, to choose chunk shapes on a given CPU;
-``--cpu-vocab-block auto whole 4096`` does the same for the CPU logits GEMM's vocabulary blocks
-(``fused@vbauto``, ``fused@vbwhole``, ``fused@vb4096``: KiB of weight rows per block, or one
-GEMM over the whole vocabulary), and both together time every pair (``fused@524,vbwhole``).
+the same interleaved rounds as the others, to choose chunk shapes on a given CPU.
 
 Writes ``benches/results/<name>.json`` (a list of records ``{loss, impl, device, dtype, N, D,
 V, ms, fwd_ms, bwd_ms, peak_extra_mb, floor_ms, floor_ratio, tflops, ...}``), a Markdown
@@ -84,8 +81,8 @@ class Prepared:
     peak_extra_mb: float
 
 
-def prepare(loss: str, impl: str, inp, device: torch.device, variant: Variant) -> Prepared:
-    fwd = forward(loss, impl, inp, variant.chunk_size, variant.vocab_block_kib)
+def prepare(loss: str, impl: str, inp, device: torch.device, chunk_size: int | None) -> Prepared:
+    fwd = forward(loss, impl, inp, chunk_size)
 
     def total() -> None:
         fwd().backward()
@@ -122,60 +119,28 @@ def measure(prepared: dict[str, Prepared], device: torch.device, repeats: int) -
 INPUTS = {"model": model_inputs, "random": random_inputs}
 
 
-def _count_or_word(text: str, words: dict[str, int | None], unit: str) -> int | None:
-    """A positive integer argument, or one of ``words`` (given as its value)."""
-    if text in words:
-        return words[text]
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
-    if count < 1:
-        options = [f"a positive {unit}", *map(repr, words)]
-        expected = f"{', '.join(options[:-1])} or {options[-1]}"
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-    return count
-
-
 def chunk_size(text: str) -> int | None:
     """A ``--chunk-size`` value: rows per chunk, or ``auto`` (None: the memory budget's)."""
-    return _count_or_word(text, {"auto": None}, "row count")
+    if text == "auto":
+        return None
+    try:
+        rows = int(text)
+    except ValueError:
+        rows = 0
+    if rows < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive row count or 'auto', got {text!r}")
+    return rows
 
 
-def vocab_block(text: str) -> int | None:
-    """A ``--cpu-vocab-block`` value: KiB of weight rows per block of the CPU logits GEMM,
-    ``whole`` (0: one GEMM over the vocabulary) or ``auto`` (None: the library's)."""
-    return _count_or_word(text, {"whole": 0, "auto": None}, "KiB count")
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One setting of the fused loss: chunk rows and CPU vocabulary block KiB (None: auto)."""
-
-    chunk_size: int | None = None
-    vocab_block_kib: int | None = None
-
-
-def fused_variants(
-    chunk_sizes: Sequence[int | None], vocab_blocks: Sequence[int | None] = (None,)
-) -> dict[str, Variant]:
-    """``{impl name: Variant}`` of the fused loss: ``fused`` for one chunk size and one
-    vocabulary block, else ``fused@<rows>``, ``fused@vb<KiB>`` or ``fused@<rows>,vb<KiB>``
-    (``auto``, ``whole`` for the defaults) for each pair, so they are timed side by side."""
-
-    def label(value: int | None, zero: str = "0") -> str:
-        return "auto" if value is None else zero if value == 0 else str(value)
-
-    variants = {}
-    for c in chunk_sizes:
-        for v in vocab_blocks:
-            parts = [label(c)] if len(chunk_sizes) > 1 else []
-            parts += [f"vb{label(v, zero='whole')}"] if len(vocab_blocks) > 1 else []
-            name = f"fused@{','.join(parts)}" if parts else "fused"
-            if name in variants:
-                raise ValueError(f"--chunk-size / --cpu-vocab-block: repeated value in {name}")
-            variants[name] = Variant(c, v)
-    return variants
+def fused_variants(chunk_sizes: Sequence[int | None]) -> dict[str, int | None]:
+    """``{impl name: chunk rows}`` of the fused loss: ``fused`` for one chunk size, and
+    ``fused@<rows>`` / ``fused@auto`` for each of several, so they are timed side by side."""
+    if len(chunk_sizes) == 1:
+        return {"fused": chunk_sizes[0]}
+    names = [f"fused@{'auto' if c is None else c}" for c in chunk_sizes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--chunk-size: repeated value in {names}")
+    return dict(zip(names, chunk_sizes, strict=True))
 
 
 def _failure(e: Exception) -> dict:
@@ -196,7 +161,7 @@ def run(
 ) -> list[dict]:
     """Measures every (T, loss, impl); calls ``on_record`` with the records so far after each."""
     device = torch.device(args.device)
-    variants = fused_variants(args.chunk_size, args.cpu_vocab_block)
+    variants = fused_variants(args.chunk_size)
     records = []
     for T in args.T:
         inp = INPUTS[args.inputs](
@@ -225,9 +190,9 @@ def run(
                 if reason is not None:
                     print(f"skipping {impl} for {loss}: {reason}", file=sys.stderr, flush=True)
                     continue
-                for name, variant in variants.items() if impl == "fused" else [(impl, Variant())]:
+                for name, rows in variants.items() if impl == "fused" else [(impl, None)]:
                     try:
-                        prepared[name] = prepare(loss, impl, inp, device, variant)
+                        prepared[name] = prepare(loss, impl, inp, device, rows)
                     except (torch.OutOfMemoryError, torch._dynamo.exc.BackendCompilerFailed) as e:
                         # the reference out of memory at long contexts is the point of the
                         # comparison, and a build failure (seen with an Inductor cache shared
@@ -249,8 +214,7 @@ def run(
                     tflops=round(flops / m["ms"] / 1e9, 4),
                     flop_accounting=f"{factor}*N*D*V",
                     timing=f"median of {args.repeats} interleaved rounds",
-                    chunk_size=variants[impl].chunk_size if is_fused(impl) else None,
-                    cpu_vocab_block_kib=variants[impl].vocab_block_kib if is_fused(impl) else None,
+                    chunk_size=variants[impl] if is_fused(impl) else None,
                     torch=torch.__version__,
                     unlearnx=unlearnx.__version__,
                 )
@@ -364,15 +328,6 @@ def main(argv: list[str] | None = None) -> None:
         default=[None],
         help="fused chunk rows, or auto (the memory budget's; the default); several values time "
         "fused@<rows> variants side by side",
-    )
-    ap.add_argument(
-        "--cpu-vocab-block",
-        type=vocab_block,
-        nargs="+",
-        default=[None],
-        help="KiB of weight rows per block of the fused loss's CPU logits GEMM, whole (one GEMM) "
-        "or auto (the library's; the default); several values time fused@vb<KiB> variants side "
-        "by side",
     )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument(

@@ -1,5 +1,5 @@
-"""benches.run: several fused chunk sizes and CPU vocabulary blocks timed side by side, and its
-argument errors."""
+"""benches.run: several fused chunk sizes timed side by side, its argument errors, and the
+records of implementations that could not run."""
 
 from __future__ import annotations
 
@@ -31,52 +31,8 @@ def test_several_chunk_sizes_are_timed_side_by_side(tmp_path: Path) -> None:
 
 
 def test_one_chunk_size_keeps_the_plain_fused_name() -> None:
-    assert run.fused_variants([None]) == {"fused": run.Variant(None, None)}
-    assert run.fused_variants([1048], [0]) == {"fused": run.Variant(1048, 0)}
-
-
-def test_chunk_sizes_and_vocab_blocks_are_timed_in_every_pair() -> None:
-    assert run.fused_variants([None], [None, 0, 64]) == {
-        "fused@vbauto": run.Variant(None, None),
-        "fused@vbwhole": run.Variant(None, 0),
-        "fused@vb64": run.Variant(None, 64),
-    }
-    assert list(run.fused_variants([4, None], [0, 64])) == [
-        "fused@4,vbwhole",
-        "fused@4,vb64",
-        "fused@auto,vbwhole",
-        "fused@auto,vb64",
-    ]
-
-
-def test_vocab_blocks_are_set_for_the_fused_call_alone(tmp_path: Path, monkeypatch) -> None:
-    """Each variant runs the logits GEMM in its own blocks (counted by the GEMMs into the
-    logits buffer: V=160 at D=16 fp32 is 10 KiB, so 8 KiB blocks are two), and the library's
-    setting is back afterwards."""
-    from unlearnx import _chunked
-
-    blocks = []
-    logits = _chunked.Head.logits
-
-    def counting(self, x):
-        blocks.append(len(self._vocab_blocks()))
-        return logits(self, x)
-
-    monkeypatch.setattr(_chunked.Head, "logits", counting)
-    library_default = _chunked.CPU_VOCAB_BLOCK_BYTES
-    run.main(
-        [
-            *("--losses", "nll", "--impls", "fused", "--inputs", "random", "--B", "2", "--T", "8"),
-            *("--D", "16", "--V", "160", "--repeats", "1", "--cpu-vocab-block", "whole", "8"),
-            *("--formats", "json", "--out-dir", str(tmp_path)),
-        ]
-    )
-    records = {r["impl"]: r for r in json.loads((tmp_path / "cpu-nll.json").read_text())}
-    assert records["fused@vbwhole"]["cpu_vocab_block_kib"] == 0
-    assert records["fused@vb8"]["cpu_vocab_block_kib"] == 8
-    assert set(blocks) == {1, 2}
-    restored = _chunked.CPU_VOCAB_BLOCK_BYTES
-    assert restored == library_default
+    assert run.fused_variants([None]) == {"fused": None}
+    assert run.fused_variants([1048]) == {"fused": 1048}
 
 
 @pytest.mark.parametrize(
@@ -84,7 +40,6 @@ def test_vocab_blocks_are_set_for_the_fused_call_alone(tmp_path: Path, monkeypat
     [
         (["--chunk-size", "0"], "expected a positive row count or 'auto', got '0'"),
         (["--chunk-size", "big"], "expected a positive row count or 'auto', got 'big'"),
-        (["--cpu-vocab-block", "0"], "expected a positive KiB count, 'whole' or 'auto', got '0'"),
     ],
 )
 def test_bad_chunk_sizes_are_named(argv: list[str], needle: str, capsys) -> None:
@@ -94,10 +49,8 @@ def test_bad_chunk_sizes_are_named(argv: list[str], needle: str, capsys) -> None
 
 
 def test_repeated_chunk_sizes_are_an_error() -> None:
-    with pytest.raises(ValueError, match="--chunk-size / --cpu-vocab-block: repeated value"):
+    with pytest.raises(ValueError, match="--chunk-size: repeated value"):
         run.fused_variants([1048, 1048])
-    with pytest.raises(ValueError, match="repeated value in fused@vbwhole"):
-        run.fused_variants([None], [0, 0])
 
 
 def test_an_implementation_that_torch_compile_cannot_build_is_recorded_and_the_rest_timed(

@@ -23,8 +23,6 @@ from unlearnx import _rows
 from unlearnx._objectives import OBJECTIVES, per_sequence_grad, per_sequence_loss, reduction_scale
 
 CPU_CHUNK_BYTES = 64 << 20
-# weight rows per block of the CPU logits GEMM: 1024 rows at D=512 fp32
-CPU_VOCAB_BLOCK_BYTES = 2 << 20
 CUDA_CHUNK_BYTES = 1 << 30
 # The single pass saves a quarter of the FLOPs (6 instead of 8 N·D·V), so an automatic
 # chunk grows up to this factor past its budget to hold the longest sequence.
@@ -142,32 +140,22 @@ class Head:
     def wants_grad(self) -> bool:
         return self.gx is not None or self.need_w or self.need_b
 
-    def _vocab_blocks(self) -> list[tuple[int, int]]:
-        """The CPU computes the logits in blocks of the vocabulary whose weight rows stay in
-        cache: 15% less time than one GEMM at C=524, D=512, V=32000 fp32 on the 2-core AVX2
-        CPU (128 against 150 ms, interleaved medians). Blocking ``dW`` the same way measured
-        2-3% slower in the whole loss. Elsewhere one block."""
-        w = self.weight
-        step = w.shape[0] if w.device.type != "cpu" else max(64, CPU_VOCAB_BLOCK_BYTES // w[0].nbytes)
-        return [(v0, min(v0 + step, w.shape[0])) for v0 in range(0, w.shape[0], step)]
-
     def logits(self, x: Tensor) -> Tensor:
         """``[C, V]`` logits of a chunk, written into one buffer reused by every chunk of
         the call: a fresh ``[C, V]`` allocation is above glibc's mmap threshold, so each
         chunk would page-fault its logits in afresh (about 28 ms per 64 MiB on the 2-core
-        development VM). The previous chunk's logits are dead by then."""
+        development VM). The previous chunk's logits are dead by then. One GEMM over the
+        whole vocabulary: in blocks of 1024 weight rows the GEMM alone was 15% faster on the
+        AMD EPYC, but the whole loss was no faster there and 6-14% slower on an Intel Xeon
+        (docs/performance.md)."""
         rows = x.shape[0]
         buf = self._logits_buf
         if buf is None or buf.shape[0] < rows:
             buf = self._logits_buf = x.new_empty(rows, self.weight.shape[0])
         out = buf[:rows]
-        w, b = self.weight, self.bias
-        for v0, v1 in self._vocab_blocks():
-            if b is None:
-                torch.mm(x, w[v0:v1].t(), out=out[:, v0:v1])
-            else:
-                torch.addmm(b[v0:v1], x, w[v0:v1].t(), out=out[:, v0:v1])
-        return out
+        if self.bias is None:
+            return torch.mm(x, self.weight.t(), out=out)
+        return torch.addmm(self.bias, x, self.weight.t(), out=out)
 
     def backprop(self, dz: Tensor, x: Tensor, rows: Tensor, dx: Tensor | None = None) -> None:
         """Accumulates the gradients of a chunk from ``dz = dL/dZ``; ``dx``: ``dz @ W`` when
